@@ -1,0 +1,1 @@
+"""DepthShrinker, reproduced: shrink inverted-residual networks by removing activations and merging."""
