@@ -6,10 +6,11 @@
     python -m ds.bench --help                                the paper's table and more
 """
 from .paper import PAPER_V100_REPORTED_IMG_S, PAPER_V100_REPORTED_SPEEDUP
+from .settings import BenchError
 from .roofline import Bound, Peaks, measure_peaks, roofline, time_bound
-from .throughput import Throughput, measure, throughput
+from .timing import Throughput, measure, throughput
 from .traffic import memory_traffic
 
 __all__ = ["throughput", "measure", "Throughput", "roofline", "measure_peaks", "time_bound",
            "memory_traffic", "Peaks", "Bound", "PAPER_V100_REPORTED_SPEEDUP",
-           "PAPER_V100_REPORTED_IMG_S"]
+           "PAPER_V100_REPORTED_IMG_S", "BenchError"]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .settings import dtype_name, fixed_threads, resolve_device, resolve_dtype
-from .throughput import synchronize, time_loop
+from .timing import synchronize, time_loop
 from .traffic import memory_traffic
 
 # Large enough to leave the caches and reach a steady rate, small enough for a busy CPU.

@@ -22,13 +22,20 @@ MODES = ("eager", "cudagraph", "compile")
 DEVICES = ("cpu", "cuda")
 
 
+class BenchError(ValueError):
+    """A benchmark asked for something that cannot be done here; the message names the fix."""
+
+
 def resolve_device(device) -> torch.device:
     """A torch.device for 'cpu' or 'cuda[:i]'; a clear error when CUDA is asked for but absent."""
-    dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
     if dev is None or dev.type not in DEVICES:
-        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or 'cuda:N')")
+        raise BenchError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or 'cuda:N')")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise BenchError(
             f"device {device!r} was requested but CUDA is not available here "
             f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
             "run on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu")
@@ -41,7 +48,7 @@ def resolve_dtype(dtype) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise ValueError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16")
+    raise BenchError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -54,7 +61,7 @@ def resolve_layout(layout) -> bool:
         return layout
     if isinstance(layout, str) and layout.lower() in LAYOUTS:
         return LAYOUTS[layout.lower()]
-    raise ValueError(f"unknown layout {layout!r}: use nchw or channels_last")
+    raise BenchError(f"unknown layout {layout!r}: use nchw or channels_last")
 
 
 def layout_name(channels_last: bool) -> str:
@@ -63,7 +70,7 @@ def layout_name(channels_last: bool) -> str:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        raise BenchError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     return mode
 
 
@@ -91,7 +98,7 @@ def fixed_threads(threads: int | None):
     """Run with exactly `threads` intra-op CPU threads (default: all cores); restore afterwards."""
     threads = all_cores() if threads is None else int(threads)
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise BenchError(f"threads must be >= 1, got {threads}")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

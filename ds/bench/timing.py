@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .settings import (available_mode, check_mode, device_name, dtype_name, fixed_threads,
+from .settings import (BenchError, available_mode, check_mode, device_name, dtype_name, fixed_threads,
                        image_size, layout_name, resolve_device, resolve_dtype, resolve_layout)
 
 MIN_REPEATS = 5
@@ -55,7 +55,7 @@ def random_batch(batch: int, input_size, device, dtype, channels_last=False, in_
                  seed=0) -> torch.Tensor:
     """Fresh N(0, 1) images, reproducible through `seed`, laid out as asked."""
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise BenchError(f"batch must be >= 1, got {batch}")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_chans, *image_size(input_size), generator=gen)
     x = x.to(device=device, dtype=dtype)
@@ -111,7 +111,7 @@ def prepare_step(model: nn.Module, x: torch.Tensor, mode: str,
         return lambda: compiled(x)
     # cudagraph
     if x.device.type != "cuda":
-        raise ValueError("mode 'cudagraph' needs a CUDA tensor; resolve the mode with resolve_mode()")
+        raise BenchError("mode 'cudagraph' needs a CUDA tensor; resolve the mode with resolve_mode()")
     static_x = x.clone(memory_format=torch.preserve_format)
     side = torch.cuda.Stream(device=x.device)
     side.wait_stream(torch.cuda.current_stream(x.device))
@@ -160,15 +160,15 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
     warm-up. `on_repeat(name)` is called after every timed repeat (for progress bars).
     """
     if not models:
-        raise ValueError("no models to measure")
+        raise BenchError("no models to measure")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     channels_last = resolve_layout(channels_last)
     ran_mode = resolve_mode(mode, dev)
     if repeats < MIN_REPEATS:
-        raise ValueError(f"repeats must be >= {MIN_REPEATS} for a median and a spread, got {repeats}")
+        raise BenchError(f"repeats must be >= {MIN_REPEATS} for a median and a spread, got {repeats}")
     if iters is not None and iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
+        raise BenchError(f"iters must be >= 1, got {iters}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     cudnn_before = torch.backends.cudnn.benchmark
