@@ -146,6 +146,17 @@ def time_loop(step: Callable[[], object], iters: int, device: torch.device) -> f
     return time.perf_counter() - start
 
 
+def calibrate_iters(step: Callable[[], object], min_time: float, device: torch.device) -> int:
+    """Iterations that make one timed loop last about `min_time` seconds: loops of doubling
+    length until one takes a quarter of that (a single call is too noisy to go by)."""
+    n = 1
+    while True:
+        seconds = time_loop(step, n, device)
+        if seconds >= min_time / 4 or n >= 1 << 16:
+            return max(1, math.ceil(min_time * n / seconds))
+        n *= 2
+
+
 def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
             dtype=torch.float32, channels_last=False, mode: str = "eager", *,
             repeats: int = MIN_REPEATS, warmup: int = 3, min_time: float = 0.5,
@@ -185,7 +196,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
                 for _ in range(max(1, warmup)):
                     step()
                 synchronize(dev)
-                loop_iters[name] = iters or max(1, math.ceil(min_time / time_loop(step, 1, dev)))
+                loop_iters[name] = iters or calibrate_iters(step, min_time, dev)
             img_s = {name: [] for name in models}
             names = list(models)
             for r in range(repeats):
