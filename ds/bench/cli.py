@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ds.errors import UnsupportedModelError
+
 from .report import format_table, provenance, setting_rows, to_frame, write_sidecar
 from .roofline import measure_peaks, roofline
 from .settings import (BenchError, check_mode, cpu_name, device_name, dtype_name, layout_name,
@@ -44,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-time", type=float, default=0.5,
                    help="seconds each timed repeat should last (sets iterations per repeat)")
     p.add_argument("--iters", type=int, default=None, help="fixed iterations per repeat (overrides --min-time)")
+    p.add_argument("--merge-depthwise-separable", action="store_true",
+                   help="also merge the expansion-1 block's dw+pw pair into one dense conv "
+                        "(off, as in the paper: it costs ~6.5x the MACs)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init and the input batch")
     return p.parse_args(argv)
@@ -88,7 +93,7 @@ def run(args, command: str) -> "pandas.DataFrame":
     print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
     model = ds.create_model(args.model, num_classes=args.num_classes, input_size=args.input)
     n_switches = len(ds.switches(model))
-    models, errors = build_variants(model, patterns, args.input)
+    models, errors = build_variants(model, patterns, args.input, args.merge_depthwise_separable)
     macs = {name: int(ds.macs(m, args.input)) for name, m in models.items()}
     params = {name: int(ds.params(m)) for name, m in models.items()}
     for name in models:
@@ -96,10 +101,13 @@ def run(args, command: str) -> "pandas.DataFrame":
               f"merge max rel error {errors[name]['max_rel']:.2e}", file=sys.stderr)
 
     rows, peaks = [], {}
-    bar = tqdm(total=len(settings) * len(models) * args.repeats, unit="repeat", file=sys.stderr)
+    bar = tqdm(total=len(settings) * len(models) * args.repeats, unit="repeat", file=sys.stderr,
+               disable=None)  # no bar when stderr is not a terminal; the lines below remain
     for dtype, channels_last, mode in settings:
         label = f"{dtype_name(dtype)} {layout_name(channels_last)} {mode}"
         bar.set_description(label)
+        bar.write(f"measuring {len(models)} models, {label}, batch {args.batch}, "
+                  f"input {args.input}, {args.repeats} interleaved repeats", file=sys.stderr)
         results = measure(models, args.input, args.batch, device, dtype, channels_last, mode,
                           repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
                           iters=args.iters, threads=args.threads, compile_mode=args.compile_mode,
@@ -125,8 +133,10 @@ def run(args, command: str) -> "pandas.DataFrame":
         load_average_before=load_before, load_average_after=os.getloadavg(),
         protocol=dict(repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time,
                       iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
+                      merge_depthwise_separable=args.merge_depthwise_separable,
                       interleaved="round-robin, rotating start", input="torch.randn, seeded"),
-        patterns={BASE: [1] * n_switches, **patterns},
+        patterns={name: "".join(map(str, p))
+                  for name, p in {BASE: [1] * n_switches, **patterns}.items()},
         verification={n: {k: float(v) for k, v in e.items()} for n, e in errors.items()},
         peaks=[asdict(p) for p in peaks.values()],
     ))
@@ -141,7 +151,7 @@ def main(argv=None) -> int:
     command = "python -m ds.bench " + shlex.join(argv)
     try:
         run(args, command)
-    except BenchError as e:
+    except (BenchError, UnsupportedModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
