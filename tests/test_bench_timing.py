@@ -106,3 +106,13 @@ def test_time_bound_is_max_of_compute_and_memory():
 def test_measure_peaks_on_cpu():
     p = measure_peaks("cpu", threads=1, trials=2, matmul_size=256, copy_bytes=1 << 22)
     assert p.flop_s > 1e8 and p.bytes_s > 1e8 and p.threads == 1 and not p.tf32
+
+
+def test_compile_settings_refuse_silent_eager_fallback():
+    import torch._dynamo
+    from ds.bench.timing import compile_settings
+    config = torch._dynamo.config
+    with compile_settings():
+        limit = getattr(config, "recompile_limit", getattr(config, "cache_size_limit", None))
+        assert limit >= 64
+        assert getattr(config, "fail_on_recompile_limit_hit", True) is True

@@ -9,6 +9,7 @@ loops with perf_counter under a fixed thread count that the result reports.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
@@ -89,6 +90,21 @@ def resolve_mode(mode: str, device: torch.device) -> str:
                           stacklevel=2)
             return "eager"
     return mode
+
+
+def compile_settings() -> contextlib.AbstractContextManager:
+    """Dynamo settings for timing several compiled models: the variants share timm's forward
+    code, so each is a recompile of it; allow plenty, and fail (rather than silently run eager)
+    if the limit is ever hit."""
+    import torch._dynamo
+    config, options = torch._dynamo.config, {}
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(config, name):
+            options[name] = max(getattr(config, name), 64)
+            break
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        options["fail_on_recompile_limit_hit"] = True
+    return config.patch(**options)
 
 
 def synchronize(device: torch.device) -> None:
@@ -182,31 +198,33 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
         raise BenchError(f"iters must be >= 1, got {iters}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    cudnn_before = torch.backends.cudnn.benchmark
-    with fixed_threads(threads) as n_threads, torch.inference_mode():
+    with contextlib.ExitStack() as stack:
+        n_threads = stack.enter_context(fixed_threads(threads))
+        stack.enter_context(torch.inference_mode())
+        if ran_mode == "compile":
+            stack.enter_context(compile_settings())
         if dev.type == "cuda":
+            stack.callback(setattr, torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
             torch.backends.cudnn.benchmark = True
-        try:
-            x = random_batch(batch, input_size, dev, dt, channels_last, in_chans, seed)
-            steps, loop_iters = {}, {}
-            for name, model in models.items():
-                net = copy.deepcopy(model).eval().to(device=dev, dtype=dt,
-                                                     memory_format=memory_format)
-                steps[name] = step = prepare_step(net, x, ran_mode, compile_mode)
-                for _ in range(max(1, warmup)):
-                    step()
-                synchronize(dev)
-                loop_iters[name] = iters or calibrate_iters(step, min_time, dev)
-            img_s = {name: [] for name in models}
-            names = list(models)
-            for r in range(repeats):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    seconds = time_loop(steps[name], loop_iters[name], dev)
-                    img_s[name].append(batch * loop_iters[name] / seconds)
-                    if on_repeat is not None:
-                        on_repeat(name)
-        finally:
-            torch.backends.cudnn.benchmark = cudnn_before
+
+        x = random_batch(batch, input_size, dev, dt, channels_last, in_chans, seed)
+        steps, loop_iters = {}, {}
+        for name, model in models.items():
+            net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
+            steps[name] = step = prepare_step(net, x, ran_mode, compile_mode)
+            for _ in range(max(1, warmup)):
+                step()
+            synchronize(dev)
+            loop_iters[name] = iters or calibrate_iters(step, min_time, dev)
+
+        img_s = {name: [] for name in models}
+        names = list(models)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                seconds = time_loop(steps[name], loop_iters[name], dev)
+                img_s[name].append(batch * loop_iters[name] / seconds)
+                if on_repeat is not None:
+                    on_repeat(name)
 
     common = dict(batch=batch, input_size=image_size(input_size), repeats=repeats, warmup=warmup,
                   threads=n_threads, device=str(dev), device_name=device_name(dev),
