@@ -101,3 +101,16 @@ def test_wrong_pattern_length_and_broken_merge_are_refused(monkeypatch):
     monkeypatch.setattr(ds, "merge", broken_merge)
     with pytest.raises(ds.MergeError, match="differs from the network it replaces"):
         build_variants(model, {"DS-F": TWO_PATTERNS["DS-F"]}, 32)
+
+
+def test_settings_are_the_product_of_the_lists_with_fallbacks_merged():
+    from ds.bench.cli import parse_args, settings_from
+    args = parse_args(["--model", MODEL, "--out", "x.csv", "--dtypes", "fp32,bf16",
+                       "--layouts", "nchw", "--modes", "eager,cudagraph", "--threads", "1,2"])
+    with pytest.warns(UserWarning, match="falls back to 'eager'"):
+        settings = settings_from(args, torch.device("cpu"))
+    assert settings == [(torch.float32, False, "eager", 1), (torch.float32, False, "eager", 2),
+                        (torch.bfloat16, False, "eager", 1), (torch.bfloat16, False, "eager", 2)]
+    with pytest.raises(BenchError, match="--threads"):
+        settings_from(parse_args(["--model", MODEL, "--out", "x", "--threads", "two"]),
+                      torch.device("cpu"))

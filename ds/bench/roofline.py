@@ -8,7 +8,7 @@ peak (2 * MACs * batch / FLOP/s) and its minimal memory traffic at peak bandwidt
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import torch
@@ -34,6 +34,11 @@ class Peaks:
     matmul_size: int
     copy_bytes: int
     tf32: bool  # fp32 matmul allowed TF32 tensor cores, as cuDNN's fp32 convs are by default
+
+    def best(self, other: "Peaks") -> "Peaks":
+        """The higher of two measurements of the same peaks (load can only lower a peak)."""
+        return replace(self, flop_s=max(self.flop_s, other.flop_s),
+                       bytes_s=max(self.bytes_s, other.bytes_s))
 
 
 def measure_peaks(device, dtype=torch.float32, *, threads: int | None = None, trials: int = 5,
