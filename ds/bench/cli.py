@@ -18,7 +18,7 @@ import torch
 
 from ds.errors import UnsupportedModelError
 
-from .report import format_table, provenance, setting_rows, to_frame, write_sidecar
+from .report import format_table, git_commit, provenance, setting_rows, to_frame, write_sidecar
 from .roofline import measure_peaks, roofline
 from .settings import (BenchError, all_cores, check_mode, cpu_name, device_name, dtype_name, layout_name,
                        resolve_device, resolve_dtype, resolve_layout)
@@ -30,9 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="timm model name, e.g. mobilenetv2_140")
     p.add_argument("--patterns", default="paper",
-                   help="'paper' (the paper's DS-A..F) or a JSON file {name: [0/1, ...]}")
+                   help="'paper' (the paper's DS-A..F), 'paper:DS-A,DS-F' (some of them) or a "
+                        "JSON file {name: [0/1, ...]}; the all-ones base is always measured")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", default="128", help="batch size, or a comma list for a batch sweep")
     p.add_argument("--input", type=int, default=224, help="input resolution (square)")
     p.add_argument("--out", required=True, help="CSV to write; a .json provenance sidecar goes beside it")
     p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
@@ -59,23 +60,30 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def settings_from(args, device: torch.device) -> list[tuple[torch.dtype, bool, str, int]]:
-    """(dtype, channels_last, mode, threads) for every combination asked for, checked, modes
-    resolved for the device; combinations that fall back to one already listed run once."""
+def int_list(option: str, text: str | None, default: list[int]) -> list[int]:
+    try:
+        values = [int(t) for t in comma_list(text)] if text else default
+    except ValueError:
+        raise BenchError(f"{option} {text!r}: give whole numbers like 1,2") from None
+    if not values or min(values) < 1:
+        raise BenchError(f"{option} needs at least one entry, each >= 1")
+    return values
+
+
+def settings_from(args, device: torch.device) -> list[tuple[torch.dtype, bool, str, int, int]]:
+    """(dtype, channels_last, mode, threads, batch) for every combination asked for, checked,
+    modes resolved for the device; combinations that fall back to one already listed run once."""
     dtypes = [resolve_dtype(d) for d in comma_list(args.dtypes)]
     layouts = [resolve_layout(l) for l in comma_list(args.layouts)]
     modes = [check_mode(m) for m in comma_list(args.modes)]
-    try:
-        threads = [int(t) for t in comma_list(args.threads)] if args.threads else [all_cores()]
-    except ValueError:
-        raise BenchError(f"--threads {args.threads!r}: give thread counts like 1,2") from None
-    if not (dtypes and layouts and modes and threads) or min(threads) < 1:
-        raise BenchError("--dtypes, --layouts, --modes and --threads each need at least one "
-                         "entry (thread counts >= 1)")
+    threads = int_list("--threads", args.threads, [all_cores()])
+    batches = int_list("--batch", args.batch, [])
+    if not (dtypes and layouts and modes):
+        raise BenchError("--dtypes, --layouts and --modes each need at least one entry")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         resolved = [resolve_mode(m, device) for m in modes]
-    return list(dict.fromkeys(itertools.product(dtypes, layouts, resolved, threads)))
+    return list(dict.fromkeys(itertools.product(dtypes, layouts, resolved, threads, batches)))
 
 
 def run(args, command: str) -> "pandas.DataFrame":
@@ -89,6 +97,7 @@ def run(args, command: str) -> "pandas.DataFrame":
     settings = settings_from(args, device)
     patterns = load_patterns(args.patterns, args.model)
     load_before = os.getloadavg()
+    git_state = git_commit(Path(__file__).resolve().parent)  # the code that runs, not the code at the end
 
     torch.manual_seed(args.seed)
     print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
@@ -106,16 +115,17 @@ def run(args, command: str) -> "pandas.DataFrame":
     peaks, measured, loads = {}, [], []
     bar = tqdm(total=len(settings) * len(models) * args.repeats, unit="repeat", file=sys.stderr,
                disable=None)  # no bar when stderr is not a terminal; the lines below remain
-    for dtype, channels_last, mode, threads in settings:
-        label = f"{dtype_name(dtype)} {layout_name(channels_last)} {mode}, {threads} threads"
+    for dtype, channels_last, mode, threads, batch in settings:
+        label = (f"{dtype_name(dtype)} {layout_name(channels_last)} {mode}, {threads} threads, "
+                 f"batch {batch}")
         bar.set_description(label)
-        bar.write(f"measuring {len(models)} models, {label}, batch {args.batch}, "
-                  f"input {args.input}, {args.repeats} interleaved repeats", file=sys.stderr)
+        bar.write(f"measuring {len(models)} models, {label}, input {args.input}, "
+                  f"{args.repeats} interleaved repeats", file=sys.stderr)
         load_start = os.getloadavg()
         key = (dtype, threads)
         if key not in peaks:
             peaks[key] = measure_peaks(device, dtype, threads=threads)
-        results = measure(models, args.input, args.batch, device, dtype, channels_last, mode,
+        results = measure(models, args.input, batch, device, dtype, channels_last, mode,
                           repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
                           iters=args.iters, threads=threads, compile_mode=args.compile_mode,
                           seed=args.seed,
@@ -129,7 +139,8 @@ def run(args, command: str) -> "pandas.DataFrame":
 
     rows = []
     for key, results in measured:
-        _, bounds = roofline(models, args.input, args.batch, device, key[0],
+        batch = next(iter(results.values())).batch
+        _, bounds = roofline(models, args.input, batch, device, key[0],
                              {n: r.seconds_per_batch for n, r in results.items()},
                              peaks=peaks[key], macs=macs)
         rows += setting_rows(args.model, results, bounds, macs, params, base=BASE)
@@ -139,7 +150,7 @@ def run(args, command: str) -> "pandas.DataFrame":
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     sidecar = write_sidecar(out, provenance(
-        command,
+        command, git=git_state,
         device=str(device), device_name=device_name(device),
         cpu_name=cpu_name(), threads=sorted(set(int(t) for t in frame["threads"])),
         load_average_before=load_before, load_average_after=os.getloadavg(),

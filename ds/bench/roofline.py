@@ -8,6 +8,7 @@ peak (2 * MACs * batch / FLOP/s) and its minimal memory traffic at peak bandwidt
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Mapping
 
@@ -51,7 +52,8 @@ def measure_peaks(device, dtype=torch.float32, *, threads: int | None = None, tr
     # default); the fp32 peak must then be the TF32 one, or the roof would sit below the models.
     tf32 = dev.type == "cuda" and dt == torch.float32 and torch.backends.cudnn.allow_tf32
     tf32_before = torch.backends.cuda.matmul.allow_tf32
-    with fixed_threads(threads) as n_threads, torch.inference_mode():
+    on_device = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with fixed_threads(threads) as n_threads, torch.inference_mode(), on_device:
         a = torch.randn(n, n, device=dev).to(dt)
         b = torch.randn(n, n, device=dev).to(dt)
         matmul = lambda: torch.mm(a, b)  # noqa: E731

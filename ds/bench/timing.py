@@ -204,6 +204,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
         if ran_mode == "compile":
             stack.enter_context(compile_settings())
         if dev.type == "cuda":
+            stack.enter_context(torch.cuda.device(dev))  # events and streams on this GPU
             stack.callback(setattr, torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
             torch.backends.cudnn.benchmark = True
 
