@@ -1,7 +1,17 @@
-"""python -m ds.bench: time a model's base and DS variants in every requested setting.
+"""python -m ds.bench: time a model's BN-folded base and its merged DS variants, all derived
+from one randomly initialized model and each verified, in every requested setting (the product
+of --dtypes, --layouts, --modes, --threads and --batch), interleaved, with roofline bounds.
 
-    python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 32 \\
-        --input 224 --out data/results/throughput_mbv2_140_cpu.csv
+The project's tables:
+    CPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 32 \\
+              --input 224 --layouts nchw,channels_last --threads 1,2 --repeats 11 --min-time 1 \\
+              --out data/results/throughput_mbv2_140_cpu.csv
+    GPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cuda --batch 128 \\
+              --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last --modes eager,cudagraph \\
+              --out data/results/throughput_mbv2_140_h100.csv
+    sweep: python -m ds.bench --model mobilenetv2_140 --patterns paper:DS-A,DS-F --device cuda \\
+              --batch 1,8,32,128,256 --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last \\
+              --modes eager,cudagraph --out data/results/batch_sweep_mbv2_140_h100.csv
 """
 from __future__ import annotations
 
