@@ -1,0 +1,83 @@
+"""Build the backbones ds supports, randomly initialized (no weights are downloaded)."""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+_TORCHVISION_MOBILENET_V2 = re.compile(r"^tv_mobilenet_v2(?:_(\d{3}))?$")
+CIFAR_MAX_INPUT = 64
+
+
+def create_model(name: str, num_classes: int = 1000, input_size: int = 224) -> nn.Module:
+    """A randomly initialized backbone by name.
+
+    Names: any timm model whose layout ds reads (mobilenetv2_035..140, mobilenetv2_110d/120d,
+    efficientnet_lite0..4, mnasnet_100, ...) and torchvision's MobileNetV2 as `tv_mobilenet_v2`
+    (width 1.0) or `tv_mobilenet_v2_075` etc. (width 0.75).
+
+    For inputs of 64 px or less (CIFAR), the stem and the first stride-2 block are set to stride
+    1, as CIFAR variants of MobileNetV2 do, so a 32 px input reaches the head at 4 x 4 instead of
+    1 x 1. The model records `ds_name` and `ds_input_size`.
+    """
+    from .anatomy import parse_units
+
+    model = _build(name, num_classes)
+    units = parse_units(model)  # raises for layouts ds cannot read
+    if input_size <= CIFAR_MAX_INPUT:
+        _use_cifar_strides(model, units)
+    model.ds_name = name
+    model.ds_input_size = input_size
+    return model
+
+
+def model_name(model: nn.Module) -> str | None:
+    """The name the model was built under (ds or timm), if known."""
+    name = getattr(model, "ds_name", None)
+    if name is None:
+        name = getattr(model, "pretrained_cfg", {}).get("architecture")
+    return name
+
+
+def _build(name: str, num_classes: int) -> nn.Module:
+    match = _TORCHVISION_MOBILENET_V2.match(name)
+    if match:
+        from torchvision.models import mobilenet_v2
+        width = int(match.group(1)) / 100 if match.group(1) else 1.0
+        return mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
+    import timm
+    if not timm.is_model(name):
+        raise UnsupportedModelError(
+            f"unknown model name {name!r}: give a timm model name (e.g. mobilenetv2_140, "
+            f"efficientnet_lite0, mnasnet_100) or tv_mobilenet_v2[_075]"
+        )
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def _use_cifar_strides(model: nn.Module, units) -> None:
+    """Stride 1 in the stem and in the first block that has stride 2."""
+    from .paths import get_module
+
+    stem_conv = get_module(model, units[0].ops[0].conv)
+    _set_stride_one(stem_conv)
+    for unit in units[1:]:
+        strided = [get_module(model, op.conv) for op in unit.ops
+                   if get_module(model, op.conv).stride[0] == 2]
+        if strided:
+            _set_stride_one(strided[0])
+            block = get_module(model, unit.path)
+            if hasattr(block, "stride"):  # torchvision's InvertedResidual records it
+                block.stride = 1
+            return
+
+
+def _set_stride_one(conv: nn.Conv2d) -> None:
+    k = conv.kernel_size[0]
+    if conv.padding[0] != (k - 1) // 2:
+        raise UnsupportedModelError(
+            f"cannot switch a {k}x{k} conv with padding {conv.padding[0]} to stride 1 and keep its "
+            f"output size; ds expects padding (k - 1) / 2"
+        )
+    conv.stride = (1, 1)

@@ -1,0 +1,66 @@
+"""The paper's published activation patterns, and turning a pattern argument into a 0/1 list."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from .errors import PatternError
+from .models import model_name
+
+# Fu et al., ICML 2022, for MobileNetV2-1.4: index 0 stem, 1 the expansion-1 block, 2..17 the
+# inverted-residual blocks, 18 head; 1 keeps the activation, 0 removes it.
+PAPER_PATTERNS = {
+    "DS-A": (0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1),
+    "DS-B": (1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1),
+    "DS-C": (1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1),
+    "DS-D": (0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1),
+    "DS-E": (0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1),
+    "DS-F": (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1),
+}
+
+# The paper searched its patterns on mobilenetv2_140; every MobileNetV2 of the standard depth
+# has the same 19 switches, so the patterns also apply (unsearched) to the other widths.
+_STANDARD_DEPTH_MOBILENETV2 = ("mobilenetv2_140", "mobilenetv2_100", "mobilenetv2_075",
+                               "mobilenetv2_050", "mobilenetv2_035", "tv_mobilenet_v2")
+PATTERNS: dict[str, dict[str, tuple[int, ...]]] = {
+    name: dict(PAPER_PATTERNS) for name in _STANDARD_DEPTH_MOBILENETV2
+}
+
+
+def resolve_pattern(model: nn.Module, pattern: str | Sequence[int], length: int) -> list[int]:
+    """`pattern` (a name in PATTERNS, a JSON file of one list, or a 0/1 sequence) as a 0/1 list."""
+    name = model_name(model)
+    if isinstance(pattern, str) and pattern.endswith(".json"):
+        pattern = _read_pattern_file(Path(pattern))
+    if isinstance(pattern, str):
+        known = PATTERNS.get(name, {})
+        if pattern not in known:
+            hint = (f"known for {name}: {', '.join(known)}" if known
+                    else f"ds.PATTERNS has no named patterns for {name!r}; pass a 0/1 list")
+            raise PatternError(f"unknown pattern name {pattern!r} ({hint})")
+        pattern = known[pattern]
+    bits = list(pattern)
+    if len(bits) != length:
+        raise PatternError(
+            f"pattern has {len(bits)} entries but {name or type(model).__name__} has {length} switches "
+            f"(see ds.switches(model)); give one 0/1 entry per switch"
+        )
+    bad = [(i, b) for i, b in enumerate(bits) if not (isinstance(b, (int, bool)) and b in (0, 1))]
+    if bad:
+        raise PatternError(f"pattern entries must be 0 (remove) or 1 (keep); got {bad[0][1]!r} at {bad[0][0]}")
+    return [int(b) for b in bits]
+
+
+def _read_pattern_file(path: Path) -> list[int]:
+    if not path.is_file():
+        raise PatternError(f"pattern file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PatternError(f"pattern file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, list):
+        raise PatternError(f"pattern file {path} must hold one JSON list of 0/1 entries")
+    return data
