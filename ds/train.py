@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers (imagefolder)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after-epoch", type=int, help="leave after this epoch (resume later with --resume)")
@@ -429,36 +430,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_pattern(spec: str | None, backbone: str, num_switches: int) -> list[int] | None:
-    """A 0/1 list from a pattern name, a JSON file (optionally FILE:KEY) or an inline 0/1 list."""
+def parse_pattern(spec: str | None, model: nn.Module) -> list[int] | None:
+    """`--pattern` as a 0/1 list: a name in ds.PATTERNS, a JSON file (a list, or a dict of
+    patterns such as a search's patterns.json with FILE:KEY choosing one), or an inline 0/1 list
+    ("0,1,1,..." or "011...")."""
     if spec is None:
         return None
-    import ds
+    from ds.patterns import resolve_pattern
 
-    named = getattr(ds, "PATTERNS", {}).get(backbone, {})
-    if spec in named:
-        pattern = list(named[spec])
-    else:
-        file, _, key = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
-        if Path(file).is_file():
+    num_switches = len(_switches(model))
+    file, _, key = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+    if Path(file).is_file():
+        try:
             data = json.loads(Path(file).read_text())
-            if isinstance(data, dict):
-                if not key and len(data) != 1:
-                    raise ValueError(f"{file} holds {len(data)} patterns; pick one as {file}:NAME "
-                                     f"(names: {', '.join(list(data)[:8])}...)")
-                data = data[key] if key else next(iter(data.values()))
-            pattern = list(data)
-        else:
-            digits = spec.strip("[] ").replace(",", " ").split()
-            if len(digits) == 1:
-                digits = list(digits[0])
-            if not digits or any(d not in "01" for d in digits):
-                raise ValueError(f"--pattern {spec!r} is not a pattern name for {backbone} "
-                                 f"(known: {', '.join(named) or 'none'}), an existing JSON file, or a 0/1 list")
-            pattern = [int(d) for d in digits]
-    if len(pattern) != num_switches or any(v not in (0, 1) for v in pattern):
-        raise ValueError(f"pattern {pattern} must be {num_switches} values of 0/1, one per switch of {backbone}")
-    return pattern
+        except json.JSONDecodeError as err:
+            raise ValueError(f"pattern file {file} is not valid JSON: {err}") from None
+        if isinstance(data, dict):
+            if key not in data and not (not key and len(data) == 1):
+                raise ValueError(f"{file} holds patterns {', '.join(list(data)[:6])}{'...' if len(data) > 6 else ''}; "
+                                 f"choose one as --pattern {file}:NAME")
+            data = data[key] if key else next(iter(data.values()))
+        return resolve_pattern(model, data, num_switches)
+    digits = spec.strip("[] ").replace(",", " ").split()
+    if len(digits) == 1 and set(digits[0]) <= {"0", "1"}:
+        digits = list(digits[0])
+    if digits and all(d in ("0", "1") for d in digits):
+        return resolve_pattern(model, [int(d) for d in digits], num_switches)
+    return resolve_pattern(model, spec, num_switches)   # a name; the error lists the known ones
+
+
+def _switches(model):
+    import ds
+    return ds.switches(model)
 
 
 def _data(args, dist: ddp.DistInfo, input_size: int, channels_last: bool):
@@ -505,14 +508,16 @@ def _data(args, dist: ddp.DistInfo, input_size: int, channels_last: bool):
                                  dataset.std, train=False, **common), dataset.num_classes)
 
 
-def build_model(backbone: str, num_classes: int, input_size: int, pattern=None, init: str | None = None) -> nn.Module:
-    """The base network (weights from `init` when given), then shrunk by `pattern` when given."""
+def build_model(backbone: str, num_classes: int, input_size: int, pattern=None, init=None) -> nn.Module:
+    """The base network (weights from `init`, a checkpoint path or state_dict of the base network),
+    then shrunk by `pattern` when given. Base weights are loaded before shrinking because
+    ds.apply_pattern renames the removed blocks' parameters (blocks.i.j.* -> blocks.i.j.stages.*)."""
     import ds
 
     model = ds.create_model(backbone, num_classes=num_classes, input_size=input_size)
     model.ds_meta = {"backbone": backbone, "pattern": None, "num_classes": num_classes, "input_size": input_size}
-    if init:
-        state, meta = model_state(init)
+    if init is not None:
+        state, meta = model_state(init) if isinstance(init, (str, Path)) else (_strip_prefixes(init), {})
         if meta.get("pattern") not in (None, [1] * len(ds.switches(model))):
             raise CheckpointMismatch(f"--init {init} holds a shrunk network ({_describe_meta(meta)}); "
                                      f"--init wants the base {backbone} network")
@@ -524,7 +529,21 @@ def build_model(backbone: str, num_classes: int, input_size: int, pattern=None, 
     return model
 
 
-def build_teacher(path: str, backbone: str, num_classes: int, input_size: int) -> nn.Module:
+def load_base_weights(shrunk: nn.Module, base_checkpoint) -> nn.Module:
+    """Load the weights of a base (unshrunk) checkpoint into a model made by ds.apply_pattern.
+
+    The shrunk model's parameters have other names; this rebuilds base + pattern from the
+    checkpoint and copies the result in. `shrunk.ds_meta` must say backbone/pattern/sizes
+    (models from `build_model` have it).
+    """
+    meta = getattr(shrunk, "ds_meta", None)
+    if not meta:
+        raise ValueError("the model has no ds_meta (backbone, pattern, num_classes, input_size); build it with build_model")
+    rebuilt = build_model(meta["backbone"], meta["num_classes"], meta["input_size"], meta["pattern"], base_checkpoint)
+    return load_weights(shrunk, rebuilt.state_dict(), "the rebuilt base network", rebuilt.ds_meta)
+
+
+def build_teacher(path, backbone: str, num_classes: int, input_size: int) -> nn.Module:
     """The teacher from a checkpoint: the network its meta names (default: the base `backbone`)."""
     state, meta = model_state(path)
     teacher = build_model(meta.get("backbone", backbone), num_classes, input_size, meta.get("pattern"))
@@ -535,7 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import ds
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dist = ddp.init(args.device)
+    seed_everything(args.seed)   # the same initial weights on every rank and every run
     try:
         input_size = args.input_size or (224 if args.dataset == "imagefolder" else 32)
         channels_last = dist.device.type == "cuda"
@@ -543,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--search-budget and --pattern exclude each other: search on the base network")
         train_loader, test_loader, num_classes = _data(args, dist, input_size, channels_last)
         probe = ds.create_model(args.backbone, num_classes=num_classes, input_size=input_size)
-        pattern = parse_pattern(args.pattern, args.backbone, len(ds.switches(probe)))
+        pattern = parse_pattern(args.pattern, probe)
         model = build_model(args.backbone, num_classes, input_size, pattern, args.init)
         teacher = build_teacher(args.teacher, args.backbone, num_classes, input_size) if args.teacher else None
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
