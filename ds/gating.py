@@ -3,7 +3,7 @@
 One learnable score per switchable block. In the forward pass the hard top-k of the scores
 (k = the budget) keeps those k blocks' activations; the others run linear. In the backward pass a
 straight-through estimator gives the scores the task gradient:
-    g = hard + soft - soft.detach(),  soft = sigmoid(score),
+    g = hard + (soft - soft.detach()),  soft = sigmoid(score)   (value exactly hard),
 and each gated activation computes  out = g * act(x) + (1 - g) * x.
 Stem and head switches are not searched (always kept).
 
@@ -50,7 +50,7 @@ class GateScores(nn.Module):
         if self.forced is not None:
             return self.forced.to(self.scores.device)
         soft = torch.sigmoid(self.scores)
-        return self.hard_mask() + soft - soft.detach()   # value: hard; gradient: d soft / d score
+        return self.hard_mask() + (soft - soft.detach())   # value exactly hard; gradient d soft / d score
 
     def set_latency(self, saved_time, weight: float) -> None:
         saved = torch.as_tensor(saved_time, dtype=torch.float32).flatten()
