@@ -561,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         input_size = args.input_size or (224 if args.dataset == "imagefolder" else 32)
         channels_last = dist.device.type == "cuda"
+        torch.backends.cudnn.benchmark = dist.device.type == "cuda"   # fixed input sizes: autotune once
         if args.search_budget is not None and args.pattern:
             raise ValueError("--search-budget and --pattern exclude each other: search on the base network")
         train_loader, test_loader, num_classes = _data(args, dist, input_size, channels_last)

@@ -105,3 +105,19 @@ def test_short_real_cifar10_run(tmp_path):
                        "--no-progress", "--out", str(tmp_path)]) == 0
     row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
     assert math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0
+
+
+def test_imagefolder_cli(tmp_path):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "img" / split / cls / f"{i}.png")
+    assert train.main(["--backbone", TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "img"),
+                       "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                       "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    row = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[0]
+    assert row["epoch"] == 1 and math.isfinite(row["test_loss"])
