@@ -113,11 +113,13 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_v.dtype.is_floating_point:
-                ema_v.lerp_(v.detach(), 1 - self.decay)
-            else:
-                ema_v.copy_(v)
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        floats = [(e, v) for e, v in pairs if e.dtype.is_floating_point]
+        if floats:   # one fused kernel per list instead of one per tensor
+            torch._foreach_lerp_([e for e, _ in floats], [v.detach() for _, v in floats], 1 - self.decay)
+        for e, v in pairs:
+            if not e.dtype.is_floating_point:
+                e.copy_(v)
 
 
 def rng_state() -> dict:
@@ -346,6 +348,9 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
         seconds = time.perf_counter() - start
         loss_total, correct_total, seen_total = ddp.all_reduce_sum(
             [loss_sum.item(), correct.item(), float(seen)], device)
+        if dist.distributed:   # every rank evaluates (and rank 0 saves) the same BN statistics
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
                "train_acc": 100.0 * correct_total / seen_total,
                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen_total / seconds}
