@@ -248,7 +248,7 @@ def random_patterns(model: nn.Module, budget: int, count: int, seed: int = 0) ->
 
 
 @torch.no_grad()
-def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off", dist=None) -> SearchResult:
+def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off") -> SearchResult:
     """Accuracy drop when one block's activations are removed (no finetuning); bigger drop ranks higher."""
     from ds.train import evaluate
 
@@ -256,13 +256,13 @@ def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "of
     gates = gated.ds_gates
     n = gates.scores.numel()
     gates.forced = torch.ones(n)
-    base = evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"]
+    base = evaluate(gated, loader, device=device, amp=amp)["acc"]
     drops = []
     for i in range(n):
         forced = torch.ones(n)
         forced[i] = 0.0
         gates.forced = forced
-        drops.append(base - evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"])
+        drops.append(base - evaluate(gated, loader, device=device, amp=amp)["acc"])
     result = SearchResult("sensitivity", gated.ds_num_switches, list(gated.ds_searched), drops)
     result.extra["base_acc"] = base
     return result

@@ -5,6 +5,17 @@ no weight decay on BN and biases, AMP (bf16/fp16) and channels_last on GPU, opti
 optional self-distillation from a teacher, optional gate scores (`ds.gating`) with their own
 optimizer. One checkpoint per epoch holds everything needed to resume exactly.
 The same code runs single-process and under `torchrun` (DDP).
+
+The three stages from the command line (CIFAR-10 from $DS_DATA, 32 px, CIFAR strides):
+  base:      python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 200 --out runs/base
+  search:    python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 20 --lr 0.01
+               --init runs/base/checkpoint.pt --search-budget 8 --out runs/search
+               (writes gates.csv and patterns.json)
+  finetune:  python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 100 --lr 0.01
+               --pattern runs/search/patterns.json:searched-k8 --init runs/base/checkpoint.pt
+               --teacher runs/base/checkpoint.pt --out runs/ds-k8   (self-distillation)
+  DDP:       torchrun --nproc_per_node 8 -m ds.train ...   (same arguments)
+--batch-size is the global batch (split over processes); --lr applies to it.
 """
 from __future__ import annotations
 
@@ -180,9 +191,10 @@ def model_state(checkpoint_or_path) -> tuple[dict, dict]:
 def load_weights(model: nn.Module, state: dict, source: str = "checkpoint", meta: dict | None = None) -> nn.Module:
     """Load a state_dict strictly, ignoring gate scores; a mismatch names both networks."""
     state = {k: v for k, v in state.items() if not k.startswith("ds_gates.")}
-    own = {k for k in model.state_dict() if not k.startswith("ds_gates.")}
+    current = model.state_dict()
+    own = {k for k in current if not k.startswith("ds_gates.")}
     missing, unexpected = sorted(own - state.keys()), sorted(state.keys() - own)
-    wrong = [k for k in own & state.keys() if model.state_dict()[k].shape != state[k].shape]
+    wrong = [k for k in own & state.keys() if current[k].shape != state[k].shape]
     if missing or unexpected or wrong:
         theirs = _describe_meta(meta or {})
         ours = _describe_meta(getattr(model, "ds_meta", {}))
@@ -212,8 +224,9 @@ def _check_meta(saved: dict, wanted: dict, path) -> None:
 # ---------------------------------------------------------------- evaluate
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device=None, amp: str = "off", dist=None) -> dict:
-    """Mean cross-entropy and top-1 accuracy (%) over the whole loader, summed over processes."""
+def evaluate(model: nn.Module, loader, *, device=None, amp: str = "off") -> dict:
+    """Mean cross-entropy and top-1 accuracy (%) over the whole loader, summed over the processes
+    of the process group when there is one (each process holding its shard of the loader)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = amp_dtype(amp, device)
     was_training = model.training
@@ -355,10 +368,10 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
                "train_acc": 100.0 * correct_total / seen_total,
                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen_total / seconds}
         if test_loader is not None:
-            test = evaluate(model, test_loader, device=device, amp=cfg.amp, dist=dist)
+            test = evaluate(model, test_loader, device=device, amp=cfg.amp)
             row.update(test_loss=test["loss"], test_acc=test["acc"])
             if ema is not None:
-                test = evaluate(ema.module, test_loader, device=device, amp=cfg.amp, dist=dist)
+                test = evaluate(ema.module, test_loader, device=device, amp=cfg.amp)
                 row.update(ema_test_loss=test["loss"], ema_test_acc=test["acc"])
         rows.append(row)
         rngs = _gather_rng(dist)
@@ -397,7 +410,8 @@ def _gather_rng(dist: ddp.DistInfo) -> list[dict]:
 # ---------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ds.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ds.train", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="timm model name or tv_mobilenet_v2")
     p.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "imagefolder", "fake"])
     p.add_argument("--data-dir", help="dataset directory (default: $DS_DATA, else data/); required for imagefolder")

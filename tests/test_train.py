@@ -1,3 +1,4 @@
+import json
 import math
 import os
 from pathlib import Path
@@ -68,6 +69,11 @@ def test_finetune_shrunk_network_from_base_with_self_distillation(tmp_path):
 def test_search_cli_writes_gates_and_patterns(tmp_path):
     run("--epochs", 1, "--out", tmp_path, "--search-budget", 5, "--gate-lr", 0.05)
     assert {"checkpoint.pt", "metrics.csv", "gates.csv", "patterns.json"} <= {p.name for p in tmp_path.iterdir()}
+    # a searched pattern feeds the finetuning stage as FILE:NAME
+    run("--epochs", 1, "--out", tmp_path / "ft", "--pattern", f"{tmp_path / 'patterns.json'}:searched-k5",
+        "--init", tmp_path / "checkpoint.pt")
+    patterns = json.loads((tmp_path / "patterns.json").read_text())
+    assert train.load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["meta"]["pattern"] == patterns["searched-k5"]
 
 
 @pytest.mark.parametrize("args, error, match", [
