@@ -9,7 +9,7 @@ from ds import gating
 from ds.loaders import DeviceLoader
 from ds.paths import set_module
 from ds.train import TrainConfig
-from conftest import TINY_SIZE
+from train_fixtures import TINY_SIZE, fake_data, tiny_model  # noqa: F401 (fixtures)
 
 
 def test_hard_top_k_obeys_the_budget():

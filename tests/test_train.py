@@ -10,7 +10,7 @@ import torch
 import ds
 from ds import train
 from ds.paths import get_module
-from conftest import TINY, TINY_SIZE
+from train_fixtures import TINY, TINY_SIZE, tiny_model  # noqa: F401 (fixture)
 
 COMMON = ["--backbone", TINY, "--dataset", "fake", "--input-size", str(TINY_SIZE), "--batch-size", "32",
           "--lr", "0.02", "--warmup-epochs", "0.5", "--limit-train", "128", "--limit-test", "64",
