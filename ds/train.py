@@ -352,6 +352,7 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
             if gate_optimizer:
                 scaler.step(gate_optimizer)
             scaler.update()
+            last_lr = optimizer.param_groups[0]["lr"]   # the lr this step used, for the metrics row
             scheduler.step()
             if ema is not None:
                 ema.update(model)
@@ -372,7 +373,7 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
                 torch.distributed.broadcast(buffer, 0)
         row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
                "train_acc": 100.0 * correct_total / seen_total,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen_total / seconds}
+               "lr": last_lr, "seconds": seconds, "images_per_s": seen_total / seconds}
         if test_loader is not None:
             test = evaluate(model, test_loader, device=device, amp=cfg.amp)
             row.update(test_loss=test["loss"], test_acc=test["acc"])

@@ -127,3 +127,17 @@ def test_imagefolder_cli(tmp_path):
                        "--no-progress", "--out", str(tmp_path / "out")]) == 0
     row = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[0]
     assert row["epoch"] == 1 and math.isfinite(row["test_loss"])
+
+
+def test_fit_api_with_bf16_autocast_and_ema(tiny_model, tmp_path):
+    from ds.data import fake_dataset
+    from ds.loaders import DeviceLoader
+    d = fake_dataset(64, 32, size=TINY_SIZE)
+    loader = DeviceLoader(d.train_images, d.train_labels, 32, d.mean, d.std, train=True)
+    test = DeviceLoader(d.test_images, d.test_labels, 32, d.mean, d.std, train=False)
+    cfg = train.TrainConfig(epochs=2, lr=0.01, warmup_epochs=1, amp="bf16", ema_decay=0.5, progress=False)
+    result = train.fit(tiny_model, loader, test, cfg, out_dir=tmp_path)
+    assert list(result.metrics["epoch"]) == [1, 2] and result.ema is not None
+    # the lr column is the lr of each epoch's last step: end of warm-up, then the end of the cosine
+    assert result.metrics["lr"].tolist() == pytest.approx([0.01, 0.005])
+    assert train.evaluate(result.model, test)["n"] == 32
