@@ -141,3 +141,14 @@ def test_fit_api_with_bf16_autocast_and_ema(tiny_model, tmp_path):
     # the lr column is the lr of each epoch's last step: end of warm-up, then the end of the cosine
     assert result.metrics["lr"].tolist() == pytest.approx([0.01, 0.005])
     assert train.evaluate(result.model, test)["n"] == 32
+
+
+def test_resumed_search_gives_the_same_score_trajectory(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run("--epochs", 2, "--search-budget", 6, "--out", whole)
+    run("--epochs", 2, "--search-budget", 6, "--out", parts, "--stop-after-epoch", 1)
+    run("--epochs", 2, "--search-budget", 6, "--out", parts, "--resume")
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "gates.csv"), pd.read_csv(parts / "gates.csv"))
+    assert json.loads((whole / "patterns.json").read_text()) == json.loads((parts / "patterns.json").read_text())
+    with pytest.raises(train.CheckpointMismatch, match="search_budget"):
+        run("--epochs", 3, "--search-budget", 5, "--out", parts, "--resume")
