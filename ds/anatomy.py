@@ -142,14 +142,20 @@ def _is_torchvision_mobilenet_v2(model: nn.Module) -> bool:
     return isinstance(model, MobileNetV2)
 
 
+def _conv_norm_act(model: nn.Module, path: str) -> ConvNorm:
+    """torchvision's Conv2dNormActivation: a Sequential of conv, norm and (optionally) act."""
+    layers = get_module(model, path)
+    act = f"{path}.2" if len(layers) > 2 and not isinstance(layers[2], nn.Identity) else None
+    return ConvNorm(f"{path}.0", f"{path}.1", act)
+
+
 def _torchvision_ops(model: nn.Module, path: str) -> tuple[ConvNorm, ...]:
-    """Conv/norm/act triples of a Sequential made of Conv2dNormActivation and bare conv, norm."""
+    """Conv/norm/act triples of a block body made of Conv2dNormActivation and bare conv, norm."""
     ops, pending_conv = [], None
     for name, child in get_module(model, path).named_children():
         child_path = f"{path}.{name}"
-        if isinstance(child, nn.Sequential):  # Conv2dNormActivation: conv, norm[, act]
-            act = f"{child_path}.2" if len(child) > 2 and not isinstance(child[2], nn.Identity) else None
-            ops.append(ConvNorm(f"{child_path}.0", f"{child_path}.1", act))
+        if isinstance(child, nn.Sequential):
+            ops.append(_conv_norm_act(model, child_path))
         elif isinstance(child, nn.Conv2d):
             pending_conv = child_path
         elif isinstance(child, nn.BatchNorm2d) and pending_conv is not None:
@@ -171,9 +177,9 @@ def _read_torchvision_mobilenet_v2(model: nn.Module) -> list[Unit]:
     for index, block in enumerate(model.features):
         path = f"features.{index}"
         if index == 0:
-            units.append(Unit("stem", path, "stem", _torchvision_ops(model, path)))
+            units.append(Unit("stem", path, "stem", (_conv_norm_act(model, path),)))
         elif index == last:
-            units.append(Unit("head", path, "head", _torchvision_ops(model, path)))
+            units.append(Unit("head", path, "head", (_conv_norm_act(model, path),)))
         elif isinstance(block, (LinearRun, nn.Identity)):
             units.append(Unit("block", path, type(block).__name__, ()))
         elif isinstance(block, InvertedResidual):
