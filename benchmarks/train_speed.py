@@ -1,0 +1,70 @@
+"""Training speed of ds.train.fit: images/s for mobilenetv2_140 on CIFAR-10 (32 px, CIFAR strides).
+
+Runs the real training path (DeviceLoader + fit) for a few epochs and prints images/s and
+seconds per epoch of each; the first epoch includes warm-up (cudnn autotuning, allocator).
+The goal on an H100/H200: one full CIFAR-10 epoch (50k images) in under 10 s.
+
+    python benchmarks/train_speed.py --device cpu --limit-train 1024 --threads 2
+    python benchmarks/train_speed.py --device cuda --batch-size 256          # full epochs
+Uses $DS_DATA's CIFAR-10 when present, else the synthetic set of the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's ds, not an installed one
+import ds  # noqa: E402
+from ds import data  # noqa: E402
+from ds.loaders import DeviceLoader  # noqa: E402
+from ds.train import TrainConfig, fit  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="mobilenetv2_140")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--limit-train", type=int, default=None, help="images per epoch (default: all 50k)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--channels-last", type=int, default=None, help="1/0 (default: on GPU only)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    try:
+        dataset, source = data.load_cifar10(), "CIFAR-10 (JPEG copy)"
+    except data.DataError:
+        dataset, source = data.fake_dataset(50000, 16), "synthetic (DS_DATA has no CIFAR-10)"
+    if args.limit_train:
+        dataset = dataset.limit(args.limit_train)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = ds.create_model(args.backbone, num_classes=10, input_size=32)
+    channels_last = bool(args.channels_last) if args.channels_last is not None else device.type == "cuda"
+    loader = DeviceLoader(dataset.train_images, dataset.train_labels, args.batch_size, dataset.mean, dataset.std,
+                          train=True, device=device, channels_last=channels_last)
+    cfg = TrainConfig(epochs=args.epochs, lr=0.1, warmup_epochs=0, amp=args.amp, channels_last=channels_last,
+                      progress=False)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    print(f"{args.backbone} on {source}: {loader.num_samples} images/epoch, batch {args.batch_size}, "
+          f"device {name}, amp {args.amp}, channels_last {channels_last}, torch {torch.__version__}")
+    start = time.perf_counter()
+    metrics = fit(model, loader, None, cfg).metrics
+    for row in metrics.itertuples():
+        print(f"epoch {row.epoch}: {row.seconds:7.2f} s  {row.images_per_s:9.1f} images/s")
+    best = metrics["images_per_s"].iloc[1:].max() if len(metrics) > 1 else metrics["images_per_s"].iloc[0]
+    print(f"best warm epoch: {best:.1f} images/s -> {50000 / best:.1f} s per 50k-image epoch "
+          f"(wall {time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Datasets: where they come from, the uint8 cache, and normalization statistics.
+
+Small datasets (CIFAR-10/100, a synthetic one for tests) are returned as uint8 arrays
+(`ArrayDataset`) that `ds.loaders.DeviceLoader` keeps whole on the device. ImageNet-style data
+is a torchvision ImageFolder with the standard 224 pipeline (`imagefolder_datasets`).
+
+Where data is looked for: the directory `DS_DATA` names, else `data/` in the repository root.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+CIFAR10_ARCHIVE = "cifar10-jpeg.tar.xz"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or malformed; the message names DS_DATA, the accepted layouts and what was found."""
+
+
+@dataclass
+class ArrayDataset:
+    """A small image dataset held as uint8 arrays, images NHWC."""
+    name: str
+    train_images: np.ndarray   # (N, H, W, 3) uint8
+    train_labels: np.ndarray   # (N,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]   # per channel, of the training split, in [0, 1]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def limit(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "ArrayDataset":
+        """A random subset (same subset for the same seed); statistics stay those of the full set."""
+        rng = np.random.default_rng(seed)
+        tr = np.sort(rng.permutation(len(self.train_labels))[:n_train]) if n_train else slice(None)
+        te = np.sort(rng.permutation(len(self.test_labels))[:n_test]) if n_test else slice(None)
+        return ArrayDataset(self.name, self.train_images[tr], self.train_labels[tr],
+                            self.test_images[te], self.test_labels[te], self.classes, self.mean, self.std)
+
+
+# ---------------------------------------------------------------- locations
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """`root` if given, else $DS_DATA, else `data/` in the repository root."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("DS_DATA")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def cache_dir(root: Path) -> Path:
+    """`<root>/cache` if it can be written, else `data/cache` in the repository root."""
+    for candidate in (root / "cache", REPO_ROOT / "data" / "cache"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            probe = candidate / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            return candidate
+        except OSError:
+            continue
+    raise DataError(f"no writable cache directory: tried {root / 'cache'} and {REPO_ROOT / 'data' / 'cache'}")
+
+
+def _describe(root: Path) -> str:
+    if not root.exists():
+        return f"{root} does not exist"
+    if not root.is_dir():
+        return f"{root} is not a directory"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    shown = ", ".join(entries[:20]) + (f", ... ({len(entries)} entries)" if len(entries) > 20 else "")
+    return f"{root} holds: {shown or 'nothing'}"
+
+
+def _missing(dataset: str, root: Path, layouts: list[str], problem: str = "") -> DataError:
+    env = os.environ.get("DS_DATA")
+    where = f"DS_DATA={env}" if env else f"DS_DATA is unset, so the default {REPO_ROOT / 'data'} was used"
+    lines = [f"{dataset}: {problem or 'no data found'} in {root} ({where}).",
+             "Accepted layouts:"] + [f"  - {lay}" for lay in layouts] + [
+             f"Found: {_describe(root)}.",
+             "Fix: set DS_DATA to the directory holding one of these layouts (or pass download=True / --download where the network allows)."]
+    return DataError("\n".join(lines))
+
+
+def channel_stats(images: np.ndarray, chunk: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (over all pixels) of uint8 NHWC images, in [0, 1]."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, 3).astype(np.float64)
+        total += block.sum(0)
+        total_sq += (block ** 2).sum(0)
+    n = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
+    return tuple(float(v) for v in mean / 255), tuple(float(v) for v in std / 255)
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+_CIFAR10_LAYOUTS = [
+    f"{CIFAR10_ARCHIVE}: cifar10/{{train,test}}/<class>/<NNNN>.jpg, 10 class folders (decoded once, cached as uint8)",
+    "cifar-10-batches-py/: torchvision's layout (data_batch_1..5, test_batch, batches.meta)",
+    "download=True (CLI --download): torchvision downloads cifar-10-batches-py into the cache directory",
+]
+
+
+def _decode_cifar10_archive(archive: Path, root: Path) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                parts = member.name.strip("./").split("/")
+                if not member.isfile() or not parts[-1].lower().endswith(".jpg"):
+                    continue
+                if len(parts) != 4 or parts[0] != "cifar10" or parts[1] not in found:
+                    raise _missing("CIFAR-10", root, _CIFAR10_LAYOUTS,
+                                   f"{archive.name} holds an unexpected path {member.name!r}")
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
+                    pixels = np.asarray(img.convert("RGB"))
+                if pixels.shape != (32, 32, 3):
+                    raise _missing("CIFAR-10", root, _CIFAR10_LAYOUTS,
+                                   f"{member.name} in {archive.name} is {pixels.shape}, not 32x32 RGB")
+                found[parts[1]].append((parts[2], parts[3], pixels))
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise _missing("CIFAR-10", root, _CIFAR10_LAYOUTS, f"{archive.name} cannot be read ({err})") from err
+
+    arrays = {}
+    for split, items in found.items():
+        classes = sorted({c for c, _, _ in items})
+        if tuple(classes) != CIFAR10_CLASSES:
+            raise _missing("CIFAR-10", root, _CIFAR10_LAYOUTS,
+                           f"{archive.name}: split {split!r} has classes {classes}, expected {list(CIFAR10_CLASSES)}")
+        items.sort(key=lambda item: (item[0], item[1]))
+        arrays[f"{split}_images"] = np.stack([p for _, _, p in items])
+        arrays[f"{split}_labels"] = np.array([CIFAR10_CLASSES.index(c) for c, _, _ in items], dtype=np.int64)
+    return arrays
+
+
+def _read_pickled_batches(folder: Path, files: dict[str, list[str]], label_key: bytes) -> dict[str, np.ndarray]:
+    arrays = {}
+    for split, names in files.items():
+        images, labels = [], []
+        for name in names:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        arrays[f"{split}_images"] = np.ascontiguousarray(np.concatenate(images))
+        arrays[f"{split}_labels"] = np.concatenate(labels)
+    return arrays
+
+
+def _read_torchvision_cifar(folder: Path, root: Path, dataset: str, layouts: list[str]) -> dict[str, np.ndarray]:
+    if dataset == "CIFAR-10":
+        files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+        label_key = b"labels"
+    else:
+        files = {"train": ["train"], "test": ["test"]}
+        label_key = b"fine_labels"
+    absent = [n for names in files.values() for n in names if not (folder / n).is_file()]
+    if absent:
+        raise _missing(dataset, root, layouts, f"{folder.name}/ lacks {', '.join(absent)}")
+    try:
+        return _read_pickled_batches(folder, files, label_key)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, OSError) as err:
+        raise _missing(dataset, root, layouts, f"{folder.name}/ cannot be read ({type(err).__name__}: {err})") from err
+
+
+def _load_cached(name: str, source: Path, root: Path, build) -> dict[str, np.ndarray]:
+    """Arrays of `name` from the uint8 cache, building (and caching) them from `source` when needed."""
+    cache = cache_dir(root) / f"{name}-uint8-{source.stat().st_size}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            cache.unlink(missing_ok=True)   # a torn cache file: rebuild it
+    arrays = build()
+    _save_npz_atomic(cache, **arrays)
+    return arrays
+
+
+def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> ArrayDataset:
+    """CIFAR-10 as uint8 arrays, from (in order) the JPEG archive, torchvision's layout, or a download."""
+    root = data_root(root)
+    archive = root / CIFAR10_ARCHIVE
+    batches = root / "cifar-10-batches-py"
+    if archive.is_file():
+        arrays = _load_cached("cifar10", archive, root, lambda: _decode_cifar10_archive(archive, root))
+    elif batches.is_dir():
+        arrays = _read_torchvision_cifar(batches, root, "CIFAR-10", _CIFAR10_LAYOUTS)
+    elif download:
+        arrays = _download_torchvision("CIFAR10", root, "cifar-10-batches-py", "CIFAR-10", _CIFAR10_LAYOUTS)
+    else:
+        raise _missing("CIFAR-10", root, _CIFAR10_LAYOUTS)
+    return _array_dataset("cifar10", arrays, CIFAR10_CLASSES)
+
+
+_CIFAR100_LAYOUTS = [
+    "cifar-100-python/: torchvision's layout (train, test, meta)",
+    "download=True (CLI --download): torchvision downloads cifar-100-python into the cache directory",
+]
+
+
+def load_cifar100(root: str | os.PathLike | None = None, download: bool = False) -> ArrayDataset:
+    """CIFAR-100 (fine labels) as uint8 arrays, from torchvision's layout or a download."""
+    root = data_root(root)
+    folder = root / "cifar-100-python"
+    if folder.is_dir():
+        arrays = _read_torchvision_cifar(folder, root, "CIFAR-100", _CIFAR100_LAYOUTS)
+    elif download:
+        arrays = _download_torchvision("CIFAR100", root, "cifar-100-python", "CIFAR-100", _CIFAR100_LAYOUTS)
+        folder = cache_dir(root) / "cifar-100-python"
+    else:
+        raise _missing("CIFAR-100", root, _CIFAR100_LAYOUTS)
+    classes = tuple(f"class_{i}" for i in range(100))
+    try:
+        with open(folder / "meta", "rb") as f:
+            classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"])
+    except (OSError, KeyError, pickle.UnpicklingError):
+        pass
+    return _array_dataset("cifar100", arrays, classes)
+
+
+def _download_torchvision(cls_name: str, root: Path, folder: str, dataset: str, layouts: list[str]) -> dict:
+    import torchvision
+
+    target = cache_dir(root)
+    try:
+        getattr(torchvision.datasets, cls_name)(str(target), train=True, download=True)
+    except Exception as err:  # network errors come in many types
+        raise _missing(dataset, root, layouts, f"download into {target} failed ({err})") from err
+    return _read_torchvision_cifar(target / folder, root, dataset, layouts)
+
+
+def _array_dataset(name: str, arrays: dict[str, np.ndarray], classes) -> ArrayDataset:
+    mean, std = channel_stats(arrays["train_images"])
+    return ArrayDataset(name, arrays["train_images"], arrays["train_labels"],
+                        arrays["test_images"], arrays["test_labels"], tuple(classes), mean, std)
+
+
+# ---------------------------------------------------------------- synthetic
+
+def fake_dataset(n_train: int = 512, n_test: int = 256, num_classes: int = 10, size: int = 32,
+                 seed: int = 0) -> ArrayDataset:
+    """A learnable synthetic dataset: one smooth random template per class plus noise (for tests)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(40, 215, size=(num_classes, 4, 4, 3))
+    templates = coarse.repeat(size // 4, axis=1).repeat(size // 4, axis=2)
+
+    def draw(n):
+        labels = rng.integers(0, num_classes, size=n)
+        noise = rng.normal(0, 40, size=(n, size, size, 3))
+        return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+    train_images, train_labels = draw(n_train)
+    test_images, test_labels = draw(n_test)
+    mean, std = channel_stats(train_images)
+    return ArrayDataset("fake", train_images, train_labels, test_images, test_labels,
+                        tuple(f"class_{i}" for i in range(num_classes)), mean, std)
+
+
+# ---------------------------------------------------------------- ImageFolder
+
+_IMAGEFOLDER_LAYOUTS = ["<dir>/train/<class>/*.jpg and <dir>/val/<class>/*.jpg (ImageNet style; 'test' accepted for 'val')"]
+
+
+def imagefolder_datasets(path: str | os.PathLike, input_size: int = 224):
+    """(train, val) torchvision ImageFolders with the standard ImageNet pipeline at `input_size`."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path)
+    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise _missing("ImageFolder", root, _IMAGEFOLDER_LAYOUTS, "no train/ and val/ folders")
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    resize = int(round(input_size / 0.875))
+    val_tf = T.Compose([T.Resize(resize), T.CenterCrop(input_size), T.ToTensor(), normalize])
+    try:
+        return ImageFolder(str(root / "train"), train_tf), ImageFolder(str(val_dir), val_tf)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise _missing("ImageFolder", root, _IMAGEFOLDER_LAYOUTS, str(err)) from err
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, **fake_kwargs):
+    """`ArrayDataset` for cifar10/cifar100/fake; for imagefolder use `imagefolder_datasets`."""
+    if name == "cifar10":
+        return load_cifar10(root, download)
+    if name == "cifar100":
+        return load_cifar100(root, download)
+    if name == "fake":
+        return fake_dataset(**fake_kwargs)
+    raise DataError(f"unknown dataset {name!r}: choose cifar10, cifar100, fake, or imagefolder (with a data dir)")

@@ -1,0 +1,275 @@
+"""The activation search: which blocks keep their activations.
+
+One learnable score per switchable block. In the forward pass the hard top-k of the scores
+(k = the budget) keeps those k blocks' activations; the others run linear. In the backward pass a
+straight-through estimator gives the scores the task gradient:
+    g = hard + (soft - soft.detach()),  soft = sigmoid(score)   (value exactly hard),
+and each gated activation computes  out = g * act(x) + (1 - g) * x.
+Stem and head switches are not searched (always kept).
+
+An optional latency term, weight * sum_i saved_i * sigmoid(score_i) with saved_i the time saved by
+merging block i (normalized to max 1), pushes the scores of blocks whose merge saves more time
+*down*, so they are more likely to be shrunk. (The reference code has this sign backwards.)
+
+Baselines with the same result type: `random_ranking`, `random_patterns` and
+`sensitivity_ranking` (accuracy drop when one block's activations are removed, no finetuning).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+class GateScores(nn.Module):
+    """Scores of the searched blocks and the hard top-k gates they produce."""
+
+    def __init__(self, num_blocks: int, budget: int):
+        super().__init__()
+        if not 0 <= budget <= num_blocks:
+            raise ValueError(f"search budget {budget} is outside 0..{num_blocks}: the model has "
+                             f"{num_blocks} switchable blocks; choose a budget in that range")
+        self.budget = budget
+        self.scores = nn.Parameter(torch.zeros(num_blocks))
+        self.register_buffer("saved_time", torch.zeros(num_blocks))   # latency term, normalized
+        self.latency_weight = 0.0
+        self.forced: torch.Tensor | None = None   # fixed 0/1 gates (sensitivity analysis), no gradient
+
+    def hard_mask(self) -> torch.Tensor:
+        """1 for the `budget` highest scores (ties go to the earlier block), else 0."""
+        order = torch.argsort(self.scores.detach(), descending=True, stable=True)
+        mask = torch.zeros_like(self.scores)
+        mask[order[: self.budget]] = 1.0
+        return mask
+
+    def gates(self) -> torch.Tensor:
+        if self.forced is not None:
+            return self.forced.to(self.scores.device)
+        soft = torch.sigmoid(self.scores)
+        return self.hard_mask() + (soft - soft.detach())   # value exactly hard; gradient d soft / d score
+
+    def set_latency(self, saved_time, weight: float) -> None:
+        saved = torch.as_tensor(saved_time, dtype=torch.float32).flatten()
+        if saved.numel() != self.scores.numel():
+            raise ValueError(f"latency table has {saved.numel()} entries for {self.scores.numel()} searched blocks")
+        peak = saved.abs().max()
+        self.saved_time.copy_(saved / peak if peak > 0 else saved)
+        self.latency_weight = float(weight)
+
+    def latency_penalty(self) -> torch.Tensor:
+        """Lower when blocks that save much time have low scores (and so get shrunk)."""
+        if not self.latency_weight:
+            return self.scores.new_zeros(())
+        return self.latency_weight * (self.saved_time * torch.sigmoid(self.scores)).sum()
+
+
+class GatedActivation(nn.Module):
+    """An activation that one block-wide gate switches between act(x) (g = 1) and x (g = 0)."""
+
+    def __init__(self, act: nn.Module, gates: GateScores, index: int):
+        super().__init__()
+        act = copy.deepcopy(act)
+        if hasattr(act, "inplace"):   # x is needed after act(x)
+            act.inplace = False
+        self.act = act
+        self.index = index
+        object.__setattr__(self, "_gates", gates)   # shared, not a submodule: the model owns it once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self._gates.gates()[self.index].to(x.dtype)
+        return x + g * (self.act(x) - x)
+
+
+def searchable_switches(model: nn.Module) -> list:
+    """The switches the search scores: switchable blocks (stem and head are kept)."""
+    from ds import switches
+    return [s for s in switches(model) if s.kind == "block" and s.switchable]
+
+
+def add_gates(model: nn.Module, budget: int) -> nn.Module:
+    """A copy of `model` whose searchable blocks' activations are gated; scores at `model.ds_gates`."""
+    from ds.paths import get_module, set_module
+
+    searched = searchable_switches(model)
+    gated = copy.deepcopy(model)
+    gates = GateScores(len(searched), budget)
+    gated.ds_gates = gates
+    gated.ds_searched = [s.index for s in searched]
+    gated.ds_num_switches = len(_all_switches(model))
+    for i, sw in enumerate(searched):
+        for path in sw.act_paths:
+            set_module(gated, path, GatedActivation(get_module(gated, path), gates, i))
+    return gated
+
+
+def _all_switches(model):
+    from ds import switches
+    return switches(model)
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class SearchResult:
+    """Scores per searched block, the ranking and a pattern for every budget."""
+    method: str
+    num_switches: int
+    searched: list[int]            # switch index of each scored block
+    scores: list[float]            # higher = more worth keeping its activations
+    trajectory: object = None      # pandas DataFrame: step, one column per block (gate search only)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> list[int]:
+        """Switch indices, most worth keeping first (ties: earlier block first)."""
+        order = sorted(range(len(self.scores)), key=lambda i: (-self.scores[i], i))
+        return [self.searched[i] for i in order]
+
+    def pattern(self, budget: int) -> list[int]:
+        """Keep (1) the top-`budget` blocks, every non-searched switch (stem, head); remove the rest."""
+        if not 0 <= budget <= len(self.searched):
+            raise ValueError(f"budget {budget} is outside 0..{len(self.searched)}")
+        pattern = [1] * self.num_switches
+        for index in self.ranking[budget:]:
+            pattern[index] = 0
+        return pattern
+
+    @property
+    def patterns(self) -> dict[str, list[int]]:
+        return {f"{self.method}-k{k}": self.pattern(k) for k in range(len(self.searched) + 1)}
+
+    def write(self, out_dir: str | Path) -> None:
+        """`patterns.json` and, for the gate search, `gates.csv`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "patterns.json").write_text(json.dumps(self.patterns, indent=1) + "\n")
+        if self.trajectory is not None:
+            self.trajectory.to_csv(out / "gates.csv", index=False)
+
+
+def _result_from_gates(model: nn.Module, trajectory, method: str = "searched") -> SearchResult:
+    return SearchResult(method, model.ds_num_switches, list(model.ds_searched),
+                        model.ds_gates.scores.detach().cpu().tolist(), trajectory)
+
+
+def search(model: nn.Module, train_loader, test_loader, budget: int, cfg=None, *, out_dir=None,
+           latency=None, latency_weight: float = 0.0, teacher=None, resume: bool = False,
+           dist=None, meta=None) -> SearchResult:
+    """Gate search: scores and weights trained jointly from a trained `model` (not modified).
+
+    latency: saved time per searched block (list in search order, or dict keyed by switch index
+    or block path; see `load_latency_table`), used with `latency_weight` > 0.
+    Writes checkpoint.pt, metrics.csv, gates.csv and patterns.json to `out_dir` when given.
+    """
+    from ds.train import TrainConfig, fit
+
+    gated = add_gates(model, budget)
+    if latency is not None and latency_weight:
+        gated.ds_gates.set_latency(latency_vector(latency, searchable_switches(model)), latency_weight)
+    result = fit(gated, train_loader, test_loader, cfg or TrainConfig(), out_dir=out_dir,
+                 teacher=teacher, resume=resume, dist=dist, meta=meta)
+    search_result = _result_from_gates(result.model, result.gate_trajectory)
+    search_result.extra["metrics"] = result.metrics
+    if out_dir is not None and (dist is None or dist.is_main):
+        search_result.write(out_dir)
+    return search_result
+
+
+# ---------------------------------------------------------------- latency table
+
+def latency_vector(table, searched) -> list[float]:
+    """Saved time per searched block from a list (search order) or a dict keyed by switch index or path."""
+    if isinstance(table, (list, tuple)):
+        values = list(table)
+    else:
+        values = []
+        for sw in searched:
+            for key in (str(sw.index), sw.index, sw.path):
+                if key in table:
+                    values.append(table[key])
+                    break
+            else:
+                raise ValueError(f"latency table has no entry for switch {sw.index} ({sw.path}); "
+                                 f"keys are switch indices or block paths")
+    if len(values) != len(searched):
+        raise ValueError(f"latency table has {len(values)} entries, the model {len(searched)} searched blocks")
+    return [float(v) for v in values]
+
+
+def load_latency_table(path: str | Path) -> dict | list:
+    """A JSON file: {"<switch index or block path>": saved_seconds, ...} or a list in search order.
+
+    Produce it on the target device with `measure_latency_table` (uses ds.bench): for each
+    searched block, time of the unmerged network minus time with only that block merged.
+    """
+    return json.loads(Path(path).read_text())
+
+
+def measure_latency_table(model: nn.Module, input_size: int, batch_size: int = 128, device: str = "cuda",
+                          **bench_kwargs) -> dict[str, float]:
+    """Seconds per batch saved by merging each searched block on its own, measured with ds.bench."""
+    import ds
+    from ds import bench
+
+    n = len(ds.switches(model))
+    base = bench.throughput(ds.merge(ds.apply_pattern(model, [1] * n)), batch_size=batch_size,
+                            input_size=input_size, device=device, **bench_kwargs)
+    table = {}
+    for sw in searchable_switches(model):
+        pattern = [1] * n
+        pattern[sw.index] = 0
+        merged = ds.merge(ds.apply_pattern(model, pattern))
+        ips = bench.throughput(merged, batch_size=batch_size, input_size=input_size, device=device, **bench_kwargs)
+        table[str(sw.index)] = batch_size / _images_per_s(base) - batch_size / _images_per_s(ips)
+    return table
+
+
+def _images_per_s(measurement) -> float:
+    if isinstance(measurement, (int, float)):
+        return float(measurement)
+    for key in ("images_per_s", "median"):
+        if isinstance(measurement, dict) and key in measurement:
+            return float(measurement[key])
+        if hasattr(measurement, key):
+            return float(getattr(measurement, key))
+    raise TypeError(f"cannot read images/s from {type(measurement).__name__}")
+
+
+# ---------------------------------------------------------------- baselines
+
+def random_ranking(model: nn.Module, seed: int = 0) -> SearchResult:
+    """A uniformly random ranking of the searched blocks (its pattern(k) is a random k-subset)."""
+    searched = searchable_switches(model)
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(len(searched), generator=g).tolist()
+    return SearchResult("random", len(_all_switches(model)), [s.index for s in searched], scores)
+
+
+def random_patterns(model: nn.Module, budget: int, count: int, seed: int = 0) -> list[list[int]]:
+    """`count` random patterns that keep exactly `budget` searched blocks."""
+    return [random_ranking(model, seed + i).pattern(budget) for i in range(count)]
+
+
+@torch.no_grad()
+def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off", dist=None) -> SearchResult:
+    """Accuracy drop when one block's activations are removed (no finetuning); bigger drop ranks higher."""
+    from ds.train import evaluate
+
+    gated = add_gates(model, budget=0)
+    gates = gated.ds_gates
+    n = gates.scores.numel()
+    gates.forced = torch.ones(n)
+    base = evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"]
+    drops = []
+    for i in range(n):
+        forced = torch.ones(n)
+        forced[i] = 0.0
+        gates.forced = forced
+        drops.append(base - evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"])
+    result = SearchResult("sensitivity", gated.ds_num_switches, list(gated.ds_searched), drops)
+    result.extra["base_acc"] = base
+    return result

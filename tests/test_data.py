@@ -1,0 +1,153 @@
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ds import data
+from ds.data import CIFAR10_CLASSES, DataError
+
+
+def _write_archive(path: Path, per_class: int = 2, classes=CIFAR10_CLASSES, name_fn=None, size=(32, 32)):
+    with tarfile.open(path, "w:xz") as tar:
+        for split in ("train", "test"):
+            for c, cls in enumerate(classes):
+                for i in range(per_class):
+                    name = name_fn(split, cls, i) if name_fn else f"cifar10/{split}/{cls}/{i:04d}.jpg"
+                    buf = io.BytesIO()
+                    Image.new("RGB", size, (20 * c, 100, 200)).save(buf, format="JPEG", quality=95)
+                    payload = buf.getvalue()
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+
+
+def _write_batches(folder: Path, n: int = 10, files=None):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in files or [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, n))}, f)
+
+
+def test_archive_is_decoded_cached_and_reused(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz")
+    d = data.load_cifar10(tmp_path)
+    assert d.train_images.shape == (20, 32, 32, 3) and d.train_images.dtype == np.uint8
+    assert d.test_images.shape == (20, 32, 32, 3)
+    assert list(d.train_labels) == [c for c in range(10) for _ in range(2)]
+    assert d.classes == CIFAR10_CLASSES and d.num_classes == 10
+    caches = list((tmp_path / "cache").glob("cifar10-uint8-*.npz"))
+    assert len(caches) == 1
+    # the cache is read instead of the archive
+    (tmp_path / "cifar10-jpeg.tar.xz").write_bytes(b"x" * (tmp_path / "cifar10-jpeg.tar.xz").stat().st_size)
+    again = data.load_cifar10(tmp_path)
+    assert np.array_equal(again.train_images, d.train_images)
+
+
+def test_torchvision_layout_is_read(tmp_path):
+    _write_batches(tmp_path / "cifar-10-batches-py")
+    d = data.load_cifar10(tmp_path)
+    assert d.train_images.shape == (50, 32, 32, 3) and d.test_images.shape == (10, 32, 32, 3)
+    # CHW rows of the pickle become HWC pixels
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    assert np.array_equal(d.train_images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_ds_data_environment_and_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("DS_DATA", str(tmp_path))
+    assert data.data_root() == tmp_path
+    monkeypatch.delenv("DS_DATA")
+    assert data.data_root() == data.REPO_ROOT / "data"
+
+
+def _error(fn, *args, **kwargs) -> str:
+    with pytest.raises(DataError) as err:
+        fn(*args, **kwargs)
+    return str(err.value)
+
+
+def test_missing_directory_names_ds_data_layouts_and_what_was_found(monkeypatch, tmp_path):
+    monkeypatch.setenv("DS_DATA", str(tmp_path / "nowhere"))
+    msg = _error(data.load_cifar10)
+    assert "DS_DATA=" in msg and "nowhere" in msg and "does not exist" in msg
+    assert "cifar10-jpeg.tar.xz" in msg and "cifar-10-batches-py" in msg
+
+
+def test_directory_without_data_lists_its_contents(monkeypatch, tmp_path):
+    (tmp_path / "something-else.txt").write_text("hi")
+    monkeypatch.setenv("DS_DATA", str(tmp_path))
+    msg = _error(data.load_cifar10)
+    assert "something-else.txt" in msg and "DS_DATA" in msg
+
+
+def test_unset_ds_data_is_named(monkeypatch, tmp_path):
+    monkeypatch.delenv("DS_DATA", raising=False)
+    msg = _error(data.load_cifar100, tmp_path)
+    assert "DS_DATA is unset" in msg and "cifar-100-python" in msg
+
+
+def test_archive_that_is_not_an_archive(tmp_path):
+    (tmp_path / "cifar10-jpeg.tar.xz").write_bytes(b"not an archive at all")
+    msg = _error(data.load_cifar10, tmp_path)
+    assert "cannot be read" in msg and "cifar10-jpeg.tar.xz" in msg
+
+
+def test_archive_with_wrong_layout(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=1,
+                   name_fn=lambda split, cls, i: f"images/{split}/{cls}/{i}.jpg")
+    assert "unexpected path" in _error(data.load_cifar10, tmp_path)
+
+
+def test_archive_with_missing_classes(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=1, classes=CIFAR10_CLASSES[:9])
+    assert "expected" in _error(data.load_cifar10, tmp_path)
+
+
+def test_archive_with_wrong_image_size(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=1, size=(24, 24))
+    assert "not 32x32" in _error(data.load_cifar10, tmp_path)
+
+
+def test_torchvision_layout_with_missing_batches(tmp_path):
+    _write_batches(tmp_path / "cifar-10-batches-py", files=["data_batch_1"])
+    assert "lacks" in _error(data.load_cifar10, tmp_path)
+
+
+def test_torchvision_layout_with_corrupt_batch(tmp_path):
+    _write_batches(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
+    assert "cannot be read" in _error(data.load_cifar10, tmp_path)
+
+
+def test_imagefolder_without_train_and_val(tmp_path):
+    (tmp_path / "train").mkdir()
+    assert "train/" in _error(data.imagefolder_datasets, tmp_path)
+
+
+def test_unknown_dataset():
+    assert "unknown dataset" in _error(data.load_dataset, "mnist")
+
+
+def test_fake_dataset_is_deterministic_and_limit_keeps_statistics():
+    a, b = data.fake_dataset(64, 32, seed=3), data.fake_dataset(64, 32, seed=3)
+    assert np.array_equal(a.train_images, b.train_images)
+    small = a.limit(16, 8, seed=1)
+    assert len(small.train_labels) == 16 and len(small.test_labels) == 8 and small.mean == a.mean
+
+
+@pytest.mark.skipif(not (os.environ.get("DS_DATA") and Path(os.environ["DS_DATA"], "cifar10-jpeg.tar.xz").is_file()),
+                    reason="DS_DATA does not hold cifar10-jpeg.tar.xz")
+def test_real_cifar10():
+    d = data.load_cifar10()
+    assert d.train_images.shape == (50000, 32, 32, 3) and d.test_images.shape == (10000, 32, 32, 3)
+    assert np.bincount(d.train_labels).tolist() == [5000] * 10
+    # the statistics of the JPEG copy, measured in ../shared/data/README.md
+    assert np.allclose(d.mean, (0.4913, 0.4821, 0.4465), atol=2e-3)
+    assert np.allclose(d.std, (0.2452, 0.2428, 0.2606), atol=2e-3)

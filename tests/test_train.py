@@ -1,0 +1,107 @@
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import ds
+from ds import train
+from ds.paths import get_module
+from conftest import TINY, TINY_SIZE
+
+COMMON = ["--backbone", TINY, "--dataset", "fake", "--input-size", str(TINY_SIZE), "--batch-size", "32",
+          "--lr", "0.02", "--warmup-epochs", "0.5", "--limit-train", "128", "--limit-test", "64",
+          "--no-progress", "--seed", "3"]
+COMPARED = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def run(*args):
+    assert train.main(COMMON + [str(a) for a in args]) == 0
+
+
+def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run("--epochs", 2, "--ema-decay", 0.9, "--out", whole)
+    run("--epochs", 2, "--ema-decay", 0.9, "--out", parts, "--stop-after-epoch", 1)
+    assert len(pd.read_csv(parts / "metrics.csv")) == 1
+    run("--epochs", 2, "--ema-decay", 0.9, "--out", parts, "--resume")
+    a, b = pd.read_csv(whole / "metrics.csv"), pd.read_csv(parts / "metrics.csv")
+    pd.testing.assert_frame_equal(a[COMPARED + ["ema_test_acc"]], b[COMPARED + ["ema_test_acc"]])
+    ckpt = train.load_checkpoint(parts / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and {"model", "optimizer", "scheduler", "scaler", "ema", "rng", "meta"} <= set(ckpt)
+    assert ckpt["meta"]["backbone"] == TINY and ckpt["meta"]["args"]["epochs"] == 2
+    whole_state = train.load_checkpoint(whole / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in whole_state.items())
+
+
+def test_existing_output_needs_resume_and_a_matching_network(tmp_path):
+    run("--epochs", 1, "--out", tmp_path)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run("--epochs", 1, "--out", tmp_path)
+    with pytest.raises(train.CheckpointMismatch, match=rf"backbone={TINY} pattern=None.*pattern=\[0, 1"):
+        run("--epochs", 2, "--out", tmp_path, "--resume", "--pattern", "DS-A")
+
+
+def test_finetune_shrunk_network_from_base_with_self_distillation(tmp_path):
+    run("--epochs", 1, "--out", tmp_path / "base")
+    base_ckpt = tmp_path / "base" / "checkpoint.pt"
+    base_state, _ = train.model_state(base_ckpt)
+    # --init loads the base weights before shrinking: the shrunk blocks reuse them under new names
+    shrunk = train.build_model(TINY, 10, TINY_SIZE, ds.PATTERNS[TINY]["DS-A"], str(base_ckpt))
+    run_2 = get_module(shrunk, "blocks.1.0")   # switch 2 is removed by DS-A
+    assert torch.equal(run_2.stages[0].convs[0].weight, base_state["blocks.1.0.conv_pw.weight"])
+    again = train.build_model(TINY, 10, TINY_SIZE, ds.PATTERNS[TINY]["DS-A"])
+    train.load_base_weights(again, str(base_ckpt))
+    assert all(torch.equal(v, shrunk.state_dict()[k]) for k, v in again.state_dict().items())
+
+    run("--epochs", 1, "--out", tmp_path / "ft", "--pattern", "DS-A", "--init", base_ckpt, "--teacher", base_ckpt)
+    ckpt = train.load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
+    assert ckpt["meta"]["pattern"] == list(ds.PATTERNS[TINY]["DS-A"])
+    assert math.isfinite(pd.read_csv(tmp_path / "ft" / "metrics.csv")["train_loss"][0])
+    # a shrunk checkpoint can teach, too: its meta rebuilds the shrunk network
+    teacher = train.build_teacher(tmp_path / "ft" / "checkpoint.pt", TINY, 10, TINY_SIZE)
+    assert not teacher.training
+
+
+def test_search_cli_writes_gates_and_patterns(tmp_path):
+    run("--epochs", 1, "--out", tmp_path, "--search-budget", 5, "--gate-lr", 0.05)
+    assert {"checkpoint.pt", "metrics.csv", "gates.csv", "patterns.json"} <= {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (["--search-budget", 18], ValueError, "outside 0..17"),
+    (["--search-budget", 3, "--pattern", "DS-A"], ValueError, "exclude each other"),
+    (["--pattern", "DS-Z"], ds.PatternError, "unknown pattern name 'DS-Z'"),
+    (["--pattern", "0,1,1"], ds.PatternError, "has 19 switches"),
+    (["--init", "missing.pt"], FileNotFoundError, "missing.pt"),
+])
+def test_bad_input_is_explained(tmp_path, args, error, match):
+    with pytest.raises(error, match=match):
+        run("--epochs", 1, "--out", tmp_path, *args)
+
+
+def test_missing_dataset_names_ds_data(tmp_path, monkeypatch):
+    from ds.data import DataError
+    monkeypatch.setenv("DS_DATA", str(tmp_path / "none"))
+    with pytest.raises(DataError, match="DS_DATA"):
+        train.main(["--backbone", TINY, "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "o")])
+
+
+def test_schedule_and_weight_decay_groups(tiny_model):
+    f = train.warmup_cosine(total_steps=10, warmup_steps=2)
+    assert [round(f(s), 3) for s in (0, 1, 2, 6)] == [0.5, 1.0, 1.0, 0.5] and f(10) == pytest.approx(0)
+    decay, no_decay = train.param_groups(tiny_model, 1e-4)
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0 and len(decay["params"]) + len(no_decay["params"]) == len(list(tiny_model.parameters()))
+
+
+@pytest.mark.skipif(not (os.environ.get("DS_DATA") and Path(os.environ["DS_DATA"], "cifar10-jpeg.tar.xz").is_file()),
+                    reason="DS_DATA does not hold cifar10-jpeg.tar.xz")
+def test_short_real_cifar10_run(tmp_path):
+    assert train.main(["--backbone", TINY, "--dataset", "cifar10", "--input-size", "32", "--epochs", "1",
+                       "--batch-size", "64", "--lr", "0.05", "--limit-train", "512", "--limit-test", "256",
+                       "--no-progress", "--out", str(tmp_path)]) == 0
+    row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0
