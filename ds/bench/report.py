@@ -1,0 +1,107 @@
+"""What a benchmark run leaves behind: the CSV rows, a provenance sidecar, a printed table."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .paper import PAPER_MODEL, PAPER_V100_REPORTED_SPEEDUP
+
+COLUMNS = ["model", "pattern", "device", "device_name", "torch", "dtype", "layout", "mode",
+           "batch", "input", "macs", "params", "img_s_median", "img_s_min", "img_s_max",
+           "speedup", "bound_s", "achieved_fraction", "threads"]
+
+
+def setting_rows(model_name, results, bounds, macs, params, base: str) -> list[dict]:
+    """One CSV row per pattern of one setting; speed-up against `base` of the same setting."""
+    base_img_s = results[base].img_s_median
+    rows = []
+    for pattern, r in results.items():
+        rows.append(dict(
+            model=model_name, pattern=pattern, device=r.device.split(":")[0],
+            device_name=r.device_name, torch=torch.__version__, dtype=r.dtype, layout=r.layout,
+            mode=r.mode, batch=r.batch, input=r.input_size[0] if r.input_size[0] == r.input_size[1]
+            else f"{r.input_size[0]}x{r.input_size[1]}", macs=macs[pattern], params=params[pattern],
+            img_s_median=r.img_s_median, img_s_min=r.img_s_min, img_s_max=r.img_s_max,
+            speedup=r.img_s_median / base_img_s, bound_s=bounds[pattern].bound_s,
+            achieved_fraction=bounds[pattern].achieved_fraction, threads=r.threads))
+    return rows
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """The paper's table layout, one block per setting, our speed-ups beside the paper's."""
+    blocks = []
+    keys = ["device_name", "dtype", "layout", "mode", "batch", "input", "threads"]
+    for key, group in frame.groupby(keys, sort=False):
+        setting = dict(zip(keys, key))
+        model = group["model"].iloc[0]
+        show_paper = model == PAPER_MODEL
+        title = (f"{model} on {setting['device_name']} ({setting['threads']} threads), "
+                 f"{setting['dtype']} {setting['layout']} {setting['mode']}, batch "
+                 f"{setting['batch']}, input {setting['input']}")
+        header = ["model", "MMACs", "img/s median [min, max]", "speed-up"]
+        if show_paper:
+            header.append("paper V100 speed-up (reported)")
+        header += ["bound ms", "achieved"]
+        lines = [header]
+        for _, row in group.iterrows():
+            line = [row["pattern"], f"{row['macs'] / 1e6:.1f}",
+                    f"{row['img_s_median']:.1f} [{row['img_s_min']:.1f}, {row['img_s_max']:.1f}]",
+                    f"{row['speedup']:.2f}x"]
+            if show_paper:
+                paper = PAPER_V100_REPORTED_SPEEDUP.get(row["pattern"])
+                line.append("-" if paper is None else f"{paper:.2f}x")
+            line += [f"{row['bound_s'] * 1e3:.2f}", f"{row['achieved_fraction']:.1%}"]
+            lines.append(line)
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+        text = [title, fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        text += [fmt(line) for line in lines[1:]]
+        blocks.append("\n".join(text))
+    return "\n\n".join(blocks)
+
+
+def git_commit(path: Path) -> dict:
+    """HEAD commit of the repository holding `path`, and whether its work tree had changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def provenance(command: str, **extra) -> dict:
+    """Who, where and when: versions, host, date, command, git state, CPU load."""
+    import timm
+    return {
+        "command": command,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_commit(Path(__file__).resolve().parent),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        **extra,
+    }
+
+
+def write_sidecar(csv_path: Path, record: dict) -> Path:
+    path = Path(csv_path).with_suffix(".json")
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path

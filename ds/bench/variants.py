@@ -1,0 +1,77 @@
+"""The networks a benchmark compares: the BN-folded base and merged DS variants of one model.
+
+All variants derive from one randomly initialized model: `ds.apply_pattern` removes the
+activations a pattern switches off, `ds.merge` folds BN and merges linear blocks, and
+`ds.verify` checks every merged network against the one it replaces before it is timed.
+The base is the all-ones pattern, merged too, so it is BN-folded exactly like the variants.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+import ds
+from ds.merge import MERGE_TOLERANCE
+
+from .settings import BenchError
+
+BASE = "base"
+
+
+def load_patterns(spec: str, model_name: str) -> dict[str, list[int]]:
+    """Named patterns from 'paper' (the paper's DS-A..F for `model_name`) or a JSON file
+    holding {"name": [0/1, ...], ...}."""
+    if spec == "paper":
+        known = getattr(ds, "PATTERNS", {})
+        if model_name not in known:
+            raise BenchError(f"--patterns paper: the paper publishes patterns only for "
+                             f"{', '.join(sorted(known)) or 'no model known to ds.PATTERNS'}, not "
+                             f"{model_name!r}; pass a JSON file of named 0/1 patterns instead")
+        return {name: list(p) for name, p in known[model_name].items()}
+    path = Path(spec)
+    if not path.is_file():
+        raise BenchError(f"--patterns {spec!r}: not 'paper' and no such file; pass 'paper' or "
+                                "the path of a JSON file like {\"DS-X\": [1, 0, 1, ...]}")
+    try:
+        patterns = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"--patterns {spec}: not valid JSON ({e}); expected "
+                         "{\"name\": [0/1, ...], ...}") from None
+    if not isinstance(patterns, dict) or not patterns:
+        raise BenchError(f"--patterns {spec}: expected a non-empty JSON object "
+                         "{\"name\": [0/1, ...], ...}")
+    for name, pattern in patterns.items():
+        if name == BASE:
+            raise BenchError(f"--patterns {spec}: the name {BASE!r} is reserved for the all-ones "
+                             "baseline that every run measures; rename that pattern")
+        if not isinstance(pattern, list):  # entries and length are checked by ds.apply_pattern
+            raise BenchError(f"--patterns {spec}: pattern {name!r} must be a list of 0/1 "
+                             f"entries, got {pattern!r}")
+    return {name: list(p) for name, p in patterns.items()}
+
+
+def build_variants(model: nn.Module, patterns: dict[str, list[int]], input_size,
+                   merge_depthwise_separable: bool = False):
+    """({name: merged network}, {name: verification errors}) for the base and every pattern.
+
+    Each merged network is checked with `ds.verify` against the shrunk network it replaces;
+    a relative error above ds.merge's tolerance raises ds.MergeError (a bug, not a result).
+    """
+    n = len(ds.switches(model))
+    merged, errors = {}, {}
+    for name, pattern in {BASE: [1] * n, **patterns}.items():
+        try:
+            shrunk = ds.apply_pattern(model, pattern).eval()
+        except ds.PatternError as e:
+            raise BenchError(f"pattern {name!r}: {e}") from None
+        merged[name] = ds.merge(shrunk, verify=False, input_size=input_size,
+                                merge_depthwise_separable=merge_depthwise_separable)
+        errors[name] = ds.verify(shrunk, merged[name], input_size)
+        if not errors[name]["max_rel"] <= MERGE_TOLERANCE:
+            raise ds.MergeError(
+                f"merged {name!r} differs from the network it replaces: max relative error "
+                f"{errors[name]['max_rel']:.3g} > {MERGE_TOLERANCE:g}; a bug in ds.merge, "
+                "not something to time")
+    return merged, errors

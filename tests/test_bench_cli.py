@@ -1,0 +1,103 @@
+"""python -m ds.bench end to end on a tiny MobileNetV2 (width 0.35, 32 px) on CPU."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import ds
+from ds.bench import BenchError
+from ds.bench.cli import main
+from ds.bench.report import COLUMNS
+from ds.bench.variants import build_variants, load_patterns
+
+MODEL = "mobilenetv2_035"
+TWO_PATTERNS = {"DS-E": list(ds.PATTERNS[MODEL]["DS-E"]), "DS-F": list(ds.PATTERNS[MODEL]["DS-F"])}
+FAST = ["--batch", "2", "--input", "32", "--threads", "1", "--warmup", "1", "--min-time", "0.005"]
+
+
+@pytest.fixture
+def pattern_file(tmp_path):
+    path = tmp_path / "patterns.json"
+    path.write_text(json.dumps(TWO_PATTERNS))
+    return path
+
+
+def test_cli_writes_schema_speedups_from_same_run_and_verifies(tmp_path, pattern_file, monkeypatch):
+    verified = []
+    real_verify = ds.verify
+    monkeypatch.setattr(ds, "verify", lambda *a, **k: verified.append(a[1]) or real_verify(*a, **k))
+    out = tmp_path / "t.csv"
+    assert main(["--model", MODEL, "--patterns", str(pattern_file), "--device", "cpu",
+                 "--out", str(out), "--layouts", "nchw,channels_last", *FAST]) == 0
+
+    assert len(verified) == 3  # base, DS-E, DS-F: every merged network checked once
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == COLUMNS
+    assert len(frame) == 2 * 3 and set(frame["pattern"]) == {"base", "DS-E", "DS-F"}
+    for _, setting in frame.groupby(["dtype", "layout", "mode"]):
+        base = setting.set_index("pattern").loc["base", "img_s_median"]
+        assert setting["speedup"].tolist() == pytest.approx((setting["img_s_median"] / base).tolist())
+    assert (frame["img_s_min"] <= frame["img_s_median"]).all()
+    assert (frame["img_s_median"] <= frame["img_s_max"]).all()
+    assert (frame["bound_s"] > 0).all() and (frame["achieved_fraction"] > 0).all()
+    assert (frame["threads"] == 1).all() and (frame["device"] == "cpu").all()
+    macs = frame.drop_duplicates("pattern").set_index("pattern")["macs"]
+    assert macs["DS-F"] < macs["DS-E"] < macs["base"]
+
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    for key in ("command", "date_utc", "git", "torch", "timm", "device_name", "threads",
+                "load_average_before", "verification", "peaks", "protocol"):
+        assert key in sidecar
+    assert sidecar["command"].startswith("python -m ds.bench --model mobilenetv2_035")
+    assert all(e["max_rel"] < 1e-4 for e in sidecar["verification"].values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "unknown device"),
+    (["--dtypes", "fp8"], "unknown dtype"),
+    (["--modes", "jit"], "unknown mode"),
+    (["--patterns", "no_such_file.json"], "not 'paper' and no such file"),
+])
+def test_cli_errors_name_the_problem(tmp_path, capsys, args, message):
+    assert main(["--model", MODEL, "--out", str(tmp_path / "x.csv"), *FAST, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cli_cuda_without_cuda(tmp_path, capsys):
+    assert main(["--model", MODEL, "--device", "cuda", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_pattern_files_are_checked(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BenchError, match="not valid JSON"):
+        load_patterns(str(bad), MODEL)
+    bad.write_text(json.dumps({"base": [1] * 19}))
+    with pytest.raises(BenchError, match="reserved"):
+        load_patterns(str(bad), MODEL)
+    bad.write_text(json.dumps([[1] * 19]))
+    with pytest.raises(BenchError, match="JSON object"):
+        load_patterns(str(bad), MODEL)
+    with pytest.raises(BenchError, match="publishes patterns only for"):
+        load_patterns("paper", "efficientnet_lite0")
+    assert set(load_patterns("paper", "mobilenetv2_140")) == {f"DS-{c}" for c in "ABCDEF"}
+
+
+def test_wrong_pattern_length_and_broken_merge_are_refused(monkeypatch):
+    model = ds.create_model(MODEL, input_size=32)
+    with pytest.raises(BenchError, match="switches"):
+        build_variants(model, {"short": [1, 0, 1]}, 32)
+
+    real_merge = ds.merge
+    def broken_merge(*args, **kwargs):
+        merged = real_merge(*args, **kwargs)
+        with torch.no_grad():
+            next(p for p in merged.parameters() if p.dim() == 4).mul_(1.5)
+        return merged
+    monkeypatch.setattr(ds, "merge", broken_merge)
+    with pytest.raises(ds.MergeError, match="differs from the network it replaces"):
+        build_variants(model, {"DS-F": TWO_PATTERNS["DS-F"]}, 32)
