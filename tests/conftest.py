@@ -79,3 +79,11 @@ def tiny_model():
 def fake_data():
     from ds.data import fake_dataset
     return fake_dataset(n_train=128, n_test=64, size=TINY_SIZE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The whole study on the `tiny` profile (CIFAR-10 from DS_DATA, else synthetic), run once per
+    session with papermill into a temporary directory, its book built there with -W."""
+    from ds.study.runner import run_study
+    return run_study("tiny", run_root=tmp_path_factory.mktemp("runs"))

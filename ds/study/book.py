@@ -15,7 +15,7 @@ from .profiles import REPO_ROOT, load_profile, read_profiles
 
 CHAPTER_DIR = "chapters"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "reproduce.md", "adapt.md", "deviations.md", "images")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "reproduce.md", "adapt.md", "deviations.md", "images", "_ext")
 
 
 def hide_parameter_cells(notebook_path: Path, target: Path) -> None:
