@@ -45,12 +45,11 @@ def test_a_rerun_skips_finished_chapters(tiny_study, capsys):
 
 
 def test_a_failing_chapter_stops_the_run_and_names_itself(tmp_path):
-    profiles = tmp_path / "profiles.yaml"
-    profiles.write_text("broken: {extends: tiny, compare_pattern: DS-Z}\n"
-                        + (tmp_path.parent / "x").as_posix().join(["", ""]))
     from ds.study.profiles import PROFILES_FILE
-    profiles.write_text(PROFILES_FILE.read_text() + "\nbroken: {extends: tiny, base_epochs: 0}\n")
-    with pytest.raises(ChapterFailed, match="chapter 01_observation failed"):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text() + "\nbroken: {extends: tiny, backbone: no_such_model}\n")
+    with pytest.raises(ChapterFailed, match="chapter 01_observation failed: .*no_such_model"):
         run_study("broken", profiles_file=profiles, run_root=tmp_path, book=False)
     assert not (tmp_path / "broken" / "01_observation.done").exists()
-    assert (tmp_path / "broken" / "study.log").is_file()
+    assert not (tmp_path / "broken" / "02_search.ipynb").exists()   # the run stopped there
+    assert "01_observation" in (tmp_path / "broken" / "study.log").read_text()

@@ -94,15 +94,18 @@ def results_table(run_dir: Path) -> pd.DataFrame:
     if merge_csv.is_file():
         merge = pd.read_csv(merge_csv)
         merge = merge[merge["distill"]] if merge["distill"].any() else merge
-        table = table.merge(merge[["pattern", "acc_merged", "macs_merged", "params_merged", "max_abs"]],
-                            on="pattern", how="left")
+        merged = merge[["pattern", "acc_merged", "macs_merged", "params_merged", "max_abs"]].assign(
+            macs_merged=merge["macs_merged"] / 1e6, params_merged=merge["params_merged"] / 1e6)
+        table = table.merge(merged, on="pattern", how="left")
     speed_csv = run_dir / "05_throughput" / "throughput.csv"
     if speed_csv.is_file():
         speed = pd.read_csv(speed_csv)
         for device, group in speed.groupby("device"):
             table = table.merge(group[["pattern", "speedup"]].rename(columns={"speedup": f"speed-up {device}"}),
                                 on="pattern", how="left")
-    return table
+    return table.rename(columns={"removed_blocks": "removed blocks", "acc_merged": "top-1 merged (%)",
+                                 "macs_merged": "MMACs merged", "params_merged": "M params merged",
+                                 "max_abs": "max abs merge error"})
 
 
 def results_page(run_dir: Path) -> str:
@@ -113,7 +116,12 @@ def results_page(run_dir: Path) -> str:
     base_csv = run_dir / "base" / "metrics.csv"
     if base_csv.is_file():
         base = pd.read_csv(base_csv)
-        lines += [f"Base network: test top-1 {base['test_acc'].iloc[-1]:.2f}% after {len(base)} epochs.", ""]
+        lines += [f"Base network: test top-1 {base['test_acc'].iloc[-1]:.2f}% after {len(base)} epoch(s).", ""]
+    merge_csv = run_dir / "04_merge" / "merge.csv"
+    if merge_csv.is_file():
+        row = pd.read_csv(merge_csv).iloc[0]
+        lines += [f"Its BN-folded form: {row['macs_merged'] / 1e6:.2f} MMACs, {row['params_merged'] / 1e6:.3f} M "
+                  f"parameters.", ""]
     try:
         table = results_table(run_dir)
     except FileNotFoundError:
@@ -132,9 +140,7 @@ def results_page(run_dir: Path) -> str:
 def _markdown_table(table: pd.DataFrame) -> str:
     def cell(value):
         if isinstance(value, float):
-            if abs(value) >= 1e5:
-                return f"{value / 1e6:.2f} M"
-            return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.2f}"
+            return f"{value:.1e}" if 0 < abs(value) < 1e-2 else f"{value:.2f}"
         return str(value)
     header = "| " + " | ".join(map(str, table.columns)) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"

@@ -43,20 +43,21 @@ def block_merge_svg() -> str:
     before = [("1x1 conv + BN", lin, "C_in -> t*C_in"), ("ReLU6", act, "removed by DepthShrinker"),
               ("kxk depthwise + BN", lin, "stride s"), ("ReLU6", act, "removed by DepthShrinker"),
               ("1x1 conv + BN", lin, "t*C_in -> C_out")]
-    after = [("dense kxk conv", merged, "C_in -> C_out, stride s, bias"), ("ReLU6", act, "kept after the add")]
-    width = 2 * BOX_W + 240
+    after = [("dense kxk conv", merged, "C_in -> C_out, stride s, bias"),
+             ("ReLU6", act, "after the block (the paper's setting)")]
+    width = 2 * BOX_W + 280
     height = 40 + 20 + GAP + 5 * (BOX_H + GAP) + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
-             '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-             '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>',
+             '<defs><marker id="head" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" refX="9" refY="5" orient="auto">'
+             '<path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker></defs>',
              f'<rect width="{width}" height="{height}" fill="white"/>']
     parts += _column(10, "before: inverted residual", before, skip=True)
-    parts += _column(BOX_W + 170, "after: merged", after, skip=False)
+    parts += _column(BOX_W + 260, "after: merged", after, skip=False)
     mid_y = height / 2
-    parts.append(f'<line x1="{BOX_W + 60}" y1="{mid_y}" x2="{BOX_W + 150}" y2="{mid_y}" stroke="#b5651d" '
+    parts.append(f'<line x1="{BOX_W + 100}" y1="{mid_y}" x2="{BOX_W + 235}" y2="{mid_y}" stroke="#b5651d" '
                  f'stroke-width="3" marker-end="url(#head)"/>')
-    parts.append(f'<text x="{BOX_W + 105}" y="{mid_y - 10}" text-anchor="middle" font-size="12">fold BN,</text>')
-    parts.append(f'<text x="{BOX_W + 105}" y="{mid_y + 22}" text-anchor="middle" font-size="12">compose</text>')
+    parts.append(f'<text x="{BOX_W + 165}" y="{mid_y - 12}" text-anchor="middle" font-size="12">fold BN, compose</text>')
+    parts.append(f'<text x="{BOX_W + 165}" y="{mid_y + 22}" text-anchor="middle" font-size="12">the convs, add skip</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
