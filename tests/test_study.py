@@ -33,9 +33,7 @@ def test_every_profile_key_is_a_declared_parameter(name, tmp_path):
 
 
 def test_a_misspelt_key_is_an_error(tmp_path):
-    path = tmp_path / "profiles.yaml"
-    path.write_text("p: {extends: quick, base_epoch: 3}\n")
-    profile = load_profile("p", path) | read_profiles()["quick"] | {"base_epoch": 3}
+    profile = load_profile("quick") | {"base_epoch": 3}
     with pytest.raises(ProfileError, match="base_epoch.*no chapter"):
         chapter_parameters(profile, tmp_path)
 
