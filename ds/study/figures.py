@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 from torch import nn
 
 KEEP, REMOVE = "#3b6ea8", "#f2c14e"
@@ -105,25 +105,23 @@ def unit_boxes(model: nn.Module, switches) -> list[dict]:
 
 
 def architecture(before: list[dict], after: list[dict], title_before: str, title_after: str):
-    """Two rows of boxes, one per unit: the network before and after merging."""
+    """The network before and after merging, side by side: one box per unit, input at the top."""
     n = len(before)
-    fig, ax = plt.subplots(figsize=(0.95 * n + 0.5, 3.6))
-    for row, (boxes, title) in enumerate([(before, title_before), (after, title_after)]):
-        y = 1.9 - 1.7 * row
-        ax.text(0, y + 1.25, title, fontsize=10, weight="bold")
-        for i, box in enumerate(boxes):
+    fig, ax = plt.subplots(figsize=(7.5, 0.36 * n + 1.1))
+    for column, (boxes, title) in enumerate([(before, title_before), (after, title_after)]):
+        x = column * 3.6
+        ax.text(x + 1.5, -0.9, title, fontsize=10, weight="bold", ha="center")
+        for row, box in enumerate(boxes):
             color = "#dddddd" if box["kind"] != "block" else (REMOVE if box["single_conv"] else "#cfe0f3")
-            ax.add_patch(Rectangle((i, y), 0.85, 1.1, facecolor=color, edgecolor="#444444", lw=0.8))
-            text = f"{box['switch']}\n{box['label']}\n{box['in']}>{box['out']}" + (f"\n/{box['stride']}" if box["stride"] > 1 else "")
-            ax.text(i + 0.425, y + 0.55, text, ha="center", va="center", fontsize=6)
-            if i:
-                ax.add_patch(FancyArrowPatch((i - 0.15, y + 0.55), (i, y + 0.55), arrowstyle="-|>",
-                                             mutation_scale=6, lw=0.6, color="#444444"))
-    ax.set_xlim(-0.1, n)
-    ax.set_ylim(-0.1, 3.4)
+            ax.add_patch(Rectangle((x, row), 3.0, 0.8, facecolor=color, edgecolor="#444444", lw=0.7))
+            stride = f"  /{box['stride']}" if box["stride"] > 1 else ""
+            ax.text(x + 0.1, row + 0.42, f"{box['switch']:>2}  {box['kind'] + ' ' if box['kind'] != 'block' else ''}"
+                    f"{box['label']}   {box['in']}>{box['out']}{stride}", va="center", fontsize=7.5, family="monospace")
+    ax.set_xlim(-0.1, 6.7)
+    ax.set_ylim(n + 0.6, -1.4)
     ax.axis("off")
-    ax.text(0, -0.05, "box: switch index, convs (kxk dense, dwkxk depthwise), channels in>out, /stride; "
-                      "yellow: a block merged into one dense conv", fontsize=7, va="top")
+    ax.text(0, n + 0.5, "switch, convolutions (kxk dense, dwkxk depthwise), channels in>out, /stride; "
+                        "yellow: a block merged into one dense conv", fontsize=7, va="top")
     fig.tight_layout()
     return fig
 
