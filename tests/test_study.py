@@ -66,3 +66,23 @@ def test_pareto_front_keeps_points_no_other_beats():
     table = pd.DataFrame({"pattern": list("abcd"), "speedup": [1.0, 1.5, 1.4, 2.0],
                           "delta_acc": [-1.0, -2.0, -3.0, -2.5]})
     assert list(figures.pareto_front(table)["pattern"]) == ["a", "b", "d"]
+
+
+def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    from ds.data import fake_dataset
+    from ds.study import PieceTimeUp, chapter
+    from ds.train import TrainConfig, build_model
+
+    train_loader, test_loader = chapter.loaders(fake_dataset(64, 32, size=16), 32, torch.device("cpu"))
+    model = build_model("mobilenetv2_035", 10, 16)
+    cfg = TrainConfig(epochs=2, lr=0.05, warmup_epochs=0)
+    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 5))   # too close: pause before epoch 1
+    with pytest.raises(PieceTimeUp, match="epoch 1/2"):
+        chapter.train(model, train_loader, test_loader, cfg, tmp_path)
+    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 600))
+    assert len(chapter.train(model, train_loader, test_loader, cfg, tmp_path).metrics) == 2
+    assert chapter.is_finished(tmp_path, 2)
