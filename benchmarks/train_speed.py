@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--channels-last", type=int, default=None, help="1/0 (default: on GPU only)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = p.parse_args()
 
     if args.threads:
@@ -53,7 +54,7 @@ def main() -> None:
     loader = DeviceLoader(dataset.train_images, dataset.train_labels, args.batch_size, dataset.mean, dataset.std,
                           train=True, device=device, channels_last=channels_last)
     cfg = TrainConfig(epochs=args.epochs, lr=0.1, warmup_epochs=0, amp=args.amp, channels_last=channels_last,
-                      progress=False)
+                      progress=False, compile=args.compile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     print(f"{args.backbone} on {source}: {loader.num_samples} images/epoch, batch {args.batch_size}, "
           f"device {name}, amp {args.amp}, channels_last {channels_last}, torch {torch.__version__}")

@@ -8,6 +8,18 @@ from .patterns import PATTERNS
 from .shrink import apply_pattern
 from .switches import Switch, switches
 
+# Training-side modules load on first use (ds.train.fit, ds.gating.search, ds.data.load_cifar10):
+# importing ds stays light, and `python -m ds.train` does not find ds.train already imported.
+_LAZY_SUBMODULES = {"data", "loaders", "train", "distill", "gating", "ddp"}
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "create_model", "switches", "apply_pattern", "merge", "verify", "macs", "params", "PATTERNS",
     "Switch", "MergeError", "PatternError", "UnsupportedModelError",

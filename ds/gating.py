@@ -209,34 +209,27 @@ def load_latency_table(path: str | Path) -> dict | list:
     return json.loads(Path(path).read_text())
 
 
-def measure_latency_table(model: nn.Module, input_size: int, batch_size: int = 128, device: str = "cuda",
-                          **bench_kwargs) -> dict[str, float]:
-    """Seconds per batch saved by merging each searched block on its own, measured with ds.bench."""
+def measure_latency_table(model: nn.Module, input_size: int, batch: int = 128, device="cuda",
+                          **bench_options) -> dict[str, float]:
+    """Seconds per batch saved by merging each searched block on its own, measured with ds.bench.
+
+    The base (all activations kept, BN folded) and one variant per searched block (that block's
+    activations removed and merged, as in the paper's final-activation setting) are timed together
+    by `ds.bench.measure`; the entry for switch i is base time minus variant time. Save it with
+    `json.dump(table, open("latency.json", "w"))` and pass `--latency-table latency.json`.
+    """
     import ds
     from ds import bench
 
     n = len(ds.switches(model))
-    base = bench.throughput(ds.merge(ds.apply_pattern(model, [1] * n)), batch_size=batch_size,
-                            input_size=input_size, device=device, **bench_kwargs)
-    table = {}
+    variants = {"base": ds.merge(ds.apply_pattern(model, [1] * n), input_size=input_size)}
     for sw in searchable_switches(model):
         pattern = [1] * n
         pattern[sw.index] = 0
-        merged = ds.merge(ds.apply_pattern(model, pattern))
-        ips = bench.throughput(merged, batch_size=batch_size, input_size=input_size, device=device, **bench_kwargs)
-        table[str(sw.index)] = batch_size / _images_per_s(base) - batch_size / _images_per_s(ips)
-    return table
-
-
-def _images_per_s(measurement) -> float:
-    if isinstance(measurement, (int, float)):
-        return float(measurement)
-    for key in ("images_per_s", "median"):
-        if isinstance(measurement, dict) and key in measurement:
-            return float(measurement[key])
-        if hasattr(measurement, key):
-            return float(getattr(measurement, key))
-    raise TypeError(f"cannot read images/s from {type(measurement).__name__}")
+        variants[str(sw.index)] = ds.merge(ds.apply_pattern(model, pattern), input_size=input_size)
+    results = bench.measure(variants, input_size, batch, device, **bench_options)
+    base = results["base"].seconds_per_batch
+    return {key: base - result.seconds_per_batch for key, result in results.items() if key != "base"}
 
 
 # ---------------------------------------------------------------- baselines
@@ -255,7 +248,7 @@ def random_patterns(model: nn.Module, budget: int, count: int, seed: int = 0) ->
 
 
 @torch.no_grad()
-def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off", dist=None) -> SearchResult:
+def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off") -> SearchResult:
     """Accuracy drop when one block's activations are removed (no finetuning); bigger drop ranks higher."""
     from ds.train import evaluate
 
@@ -263,13 +256,13 @@ def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "of
     gates = gated.ds_gates
     n = gates.scores.numel()
     gates.forced = torch.ones(n)
-    base = evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"]
+    base = evaluate(gated, loader, device=device, amp=amp)["acc"]
     drops = []
     for i in range(n):
         forced = torch.ones(n)
         forced[i] = 0.0
         gates.forced = forced
-        drops.append(base - evaluate(gated, loader, device=device, amp=amp, dist=dist)["acc"])
+        drops.append(base - evaluate(gated, loader, device=device, amp=amp)["acc"])
     result = SearchResult("sensitivity", gated.ds_num_switches, list(gated.ds_searched), drops)
     result.extra["base_acc"] = base
     return result

@@ -5,6 +5,17 @@ no weight decay on BN and biases, AMP (bf16/fp16) and channels_last on GPU, opti
 optional self-distillation from a teacher, optional gate scores (`ds.gating`) with their own
 optimizer. One checkpoint per epoch holds everything needed to resume exactly.
 The same code runs single-process and under `torchrun` (DDP).
+
+The three stages from the command line (CIFAR-10 from $DS_DATA, 32 px, CIFAR strides):
+  base:      python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 200 --out runs/base
+  search:    python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 20 --lr 0.01
+               --init runs/base/checkpoint.pt --search-budget 8 --out runs/search
+               (writes gates.csv and patterns.json)
+  finetune:  python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 100 --lr 0.01
+               --pattern runs/search/patterns.json:searched-k8 --init runs/base/checkpoint.pt
+               --teacher runs/base/checkpoint.pt --out runs/ds-k8   (self-distillation)
+  DDP:       torchrun --nproc_per_node 8 -m ds.train ...   (same arguments)
+--batch-size is the global batch (split over processes); --lr applies to it.
 """
 from __future__ import annotations
 
@@ -16,7 +27,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     stop_after_epoch: int | None = None   # leave after this epoch (time-sliced jobs; resume tests)
+    compile: bool = False            # torch.compile the training forward/backward (minutes to compile)
 
 
 @dataclass
@@ -113,11 +125,13 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_v.dtype.is_floating_point:
-                ema_v.lerp_(v.detach(), 1 - self.decay)
-            else:
-                ema_v.copy_(v)
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        floats = [(e, v) for e, v in pairs if e.dtype.is_floating_point]
+        if floats:   # one fused kernel per list instead of one per tensor
+            torch._foreach_lerp_([e for e, _ in floats], [v.detach() for _, v in floats], 1 - self.decay)
+        for e, v in pairs:
+            if not e.dtype.is_floating_point:
+                e.copy_(v)
 
 
 def rng_state() -> dict:
@@ -178,9 +192,10 @@ def model_state(checkpoint_or_path) -> tuple[dict, dict]:
 def load_weights(model: nn.Module, state: dict, source: str = "checkpoint", meta: dict | None = None) -> nn.Module:
     """Load a state_dict strictly, ignoring gate scores; a mismatch names both networks."""
     state = {k: v for k, v in state.items() if not k.startswith("ds_gates.")}
-    own = {k for k in model.state_dict() if not k.startswith("ds_gates.")}
+    current = model.state_dict()
+    own = {k for k in current if not k.startswith("ds_gates.")}
     missing, unexpected = sorted(own - state.keys()), sorted(state.keys() - own)
-    wrong = [k for k in own & state.keys() if model.state_dict()[k].shape != state[k].shape]
+    wrong = [k for k in own & state.keys() if current[k].shape != state[k].shape]
     if missing or unexpected or wrong:
         theirs = _describe_meta(meta or {})
         ours = _describe_meta(getattr(model, "ds_meta", {}))
@@ -210,8 +225,9 @@ def _check_meta(saved: dict, wanted: dict, path) -> None:
 # ---------------------------------------------------------------- evaluate
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device=None, amp: str = "off", dist=None) -> dict:
-    """Mean cross-entropy and top-1 accuracy (%) over the whole loader, summed over processes."""
+def evaluate(model: nn.Module, loader, *, device=None, amp: str = "off") -> dict:
+    """Mean cross-entropy and top-1 accuracy (%) over the whole loader, summed over the processes
+    of the process group when there is one (each process holding its shard of the loader)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = amp_dtype(amp, device)
     was_training = model.training
@@ -299,6 +315,8 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
     net = model
     if dist.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:   # evaluation stays eager: eval-mode BN would only add a second compiled graph
+        net = torch.compile(net)
 
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -307,6 +325,7 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
+        epoch_scores: list[torch.Tensor] = []
         start = time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and dist.is_main))
@@ -333,27 +352,33 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
             if gate_optimizer:
                 scaler.step(gate_optimizer)
             scaler.update()
+            last_lr = optimizer.param_groups[0]["lr"]   # the lr this step used, for the metrics row
             scheduler.step()
             if ema is not None:
                 ema.update(model)
-            if gates is not None:
-                trajectory.append([len(trajectory)] + gates.scores.detach().cpu().tolist())
+            if gates is not None:   # kept on the device: no synchronization per step
+                epoch_scores.append(gates.scores.detach().clone())
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(-1) == y).sum()
             seen += len(y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
+        for scores in torch.stack(epoch_scores).cpu().tolist() if epoch_scores else []:
+            trajectory.append([len(trajectory)] + scores)
         loss_total, correct_total, seen_total = ddp.all_reduce_sum(
             [loss_sum.item(), correct.item(), float(seen)], device)
+        if dist.distributed:   # every rank evaluates (and rank 0 saves) the same BN statistics
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
                "train_acc": 100.0 * correct_total / seen_total,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen_total / seconds}
+               "lr": last_lr, "seconds": seconds, "images_per_s": seen_total / seconds}
         if test_loader is not None:
-            test = evaluate(model, test_loader, device=device, amp=cfg.amp, dist=dist)
+            test = evaluate(model, test_loader, device=device, amp=cfg.amp)
             row.update(test_loss=test["loss"], test_acc=test["acc"])
             if ema is not None:
-                test = evaluate(ema.module, test_loader, device=device, amp=cfg.amp, dist=dist)
+                test = evaluate(ema.module, test_loader, device=device, amp=cfg.amp)
                 row.update(ema_test_loss=test["loss"], ema_test_acc=test["acc"])
         rows.append(row)
         rngs = _gather_rng(dist)
@@ -366,7 +391,7 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
                 "gate_optimizer": gate_optimizer.state_dict() if gate_optimizer else None,
                 "gate_trajectory": trajectory, "metrics": rows, "rng": rngs, "epoch": epoch,
                 "config": asdict(cfg), "meta": meta}, ckpt_path)
-        if dist.is_main and cfg.progress:
+        if dist.is_main:   # one log line per epoch, progress bars or not
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         ddp.barrier()
         if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch:
@@ -392,7 +417,8 @@ def _gather_rng(dist: ddp.DistInfo) -> list[dict]:
 # ---------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ds.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ds.train", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="timm model name or tv_mobilenet_v2")
     p.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "imagefolder", "fake"])
     p.add_argument("--data-dir", help="dataset directory (default: $DS_DATA, else data/); required for imagefolder")
@@ -426,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after-epoch", type=int, help="leave after this epoch (resume later with --resume)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU speed)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -561,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         input_size = args.input_size or (224 if args.dataset == "imagefolder" else 32)
         channels_last = dist.device.type == "cuda"
+        torch.backends.cudnn.benchmark = dist.device.type == "cuda"   # fixed input sizes: autotune once
         if args.search_budget is not None and args.pattern:
             raise ValueError("--search-budget and --pattern exclude each other: search on the base network")
         train_loader, test_loader, num_classes = _data(args, dist, input_size, channels_last)
@@ -572,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
                           warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, amp=args.amp,
                           channels_last=channels_last, ema_decay=args.ema_decay, distill_alpha=args.distill_alpha,
                           distill_temperature=args.distill_temperature, gate_lr=args.gate_lr, seed=args.seed,
-                          progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch)
+                          progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
+                          compile=args.compile)
         meta = dict(model.ds_meta, search_budget=args.search_budget, args=vars(args))
         out = Path(args.out)
         if dist.is_main:

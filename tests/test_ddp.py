@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, TINY_SIZE
+from train_fixtures import TINY, TINY_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from ds import gating
 from ds.loaders import DeviceLoader
 from ds.paths import set_module
 from ds.train import TrainConfig
-from conftest import TINY_SIZE
+from train_fixtures import TINY_SIZE, fake_data, tiny_model  # noqa: F401 (fixtures)
 
 
 def test_hard_top_k_obeys_the_budget():
@@ -97,3 +97,28 @@ def test_sensitivity_ranking_has_the_same_interface(tiny_model, fake_data):
     assert result.method == "sensitivity" and len(result.scores) == 17
     assert sorted(result.ranking) == list(range(1, 18)) and "base_acc" in result.extra
     assert sum(result.pattern(4)) == 6
+
+
+def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
+    """With a stand-in for ds.bench.measure: one merged variant per searched block, saved = base - variant."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class Timing:
+        seconds_per_batch: float
+
+    calls = {}
+
+    def measure(models, input_size, batch, device, **options):
+        calls.update(models=models, input_size=input_size)
+        return {name: Timing(1.0 if name == "base" else 1.0 - int(name) / 100) for name in models}
+
+    fake = types.SimpleNamespace(measure=measure)
+    monkeypatch.setitem(sys.modules, "ds.bench", fake)
+    monkeypatch.setattr(ds, "bench", fake, raising=False)
+    table = gating.measure_latency_table(tiny_model, TINY_SIZE, batch=2, device="cpu")
+    assert set(table) == {str(i) for i in range(1, 18)} and calls["input_size"] == TINY_SIZE
+    assert table["5"] == pytest.approx(0.05)
+    assert gating.latency_vector(table, gating.searchable_switches(tiny_model))[4] == pytest.approx(0.05)

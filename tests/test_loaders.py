@@ -1,7 +1,7 @@
-import numpy as np
 import torch
 
 from ds.loaders import DeviceLoader
+from train_fixtures import fake_data  # noqa: F401 (fixture)
 
 
 def _loader(d, **kw):

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 import ds
 from ds import train
 from ds.paths import get_module
-from conftest import TINY, TINY_SIZE
+from train_fixtures import TINY, TINY_SIZE, tiny_model  # noqa: F401 (fixture)
 
 COMMON = ["--backbone", TINY, "--dataset", "fake", "--input-size", str(TINY_SIZE), "--batch-size", "32",
           "--lr", "0.02", "--warmup-epochs", "0.5", "--limit-train", "128", "--limit-test", "64",
@@ -68,6 +69,11 @@ def test_finetune_shrunk_network_from_base_with_self_distillation(tmp_path):
 def test_search_cli_writes_gates_and_patterns(tmp_path):
     run("--epochs", 1, "--out", tmp_path, "--search-budget", 5, "--gate-lr", 0.05)
     assert {"checkpoint.pt", "metrics.csv", "gates.csv", "patterns.json"} <= {p.name for p in tmp_path.iterdir()}
+    # a searched pattern feeds the finetuning stage as FILE:NAME
+    run("--epochs", 1, "--out", tmp_path / "ft", "--pattern", f"{tmp_path / 'patterns.json'}:searched-k5",
+        "--init", tmp_path / "checkpoint.pt")
+    patterns = json.loads((tmp_path / "patterns.json").read_text())
+    assert train.load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["meta"]["pattern"] == patterns["searched-k5"]
 
 
 @pytest.mark.parametrize("args, error, match", [
@@ -105,3 +111,44 @@ def test_short_real_cifar10_run(tmp_path):
                        "--no-progress", "--out", str(tmp_path)]) == 0
     row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
     assert math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 100 and row["images_per_s"] > 0
+
+
+def test_imagefolder_cli(tmp_path):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "img" / split / cls / f"{i}.png")
+    assert train.main(["--backbone", TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "img"),
+                       "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                       "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    row = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[0]
+    assert row["epoch"] == 1 and math.isfinite(row["test_loss"])
+
+
+def test_fit_api_with_bf16_autocast_and_ema(tiny_model, tmp_path):
+    from ds.data import fake_dataset
+    from ds.loaders import DeviceLoader
+    d = fake_dataset(64, 32, size=TINY_SIZE)
+    loader = DeviceLoader(d.train_images, d.train_labels, 32, d.mean, d.std, train=True)
+    test = DeviceLoader(d.test_images, d.test_labels, 32, d.mean, d.std, train=False)
+    cfg = train.TrainConfig(epochs=2, lr=0.01, warmup_epochs=1, amp="bf16", ema_decay=0.5, progress=False)
+    result = train.fit(tiny_model, loader, test, cfg, out_dir=tmp_path)
+    assert list(result.metrics["epoch"]) == [1, 2] and result.ema is not None
+    # the lr column is the lr of each epoch's last step: end of warm-up, then the end of the cosine
+    assert result.metrics["lr"].tolist() == pytest.approx([0.01, 0.005])
+    assert train.evaluate(result.model, test)["n"] == 32
+
+
+def test_resumed_search_gives_the_same_score_trajectory(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run("--epochs", 2, "--search-budget", 6, "--out", whole)
+    run("--epochs", 2, "--search-budget", 6, "--out", parts, "--stop-after-epoch", 1)
+    run("--epochs", 2, "--search-budget", 6, "--out", parts, "--resume")
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "gates.csv"), pd.read_csv(parts / "gates.csv"))
+    assert json.loads((whole / "patterns.json").read_text()) == json.loads((parts / "patterns.json").read_text())
+    with pytest.raises(train.CheckpointMismatch, match="search_budget"):
+        run("--epochs", 3, "--search-budget", 5, "--out", parts, "--resume")
