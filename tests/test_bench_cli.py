@@ -82,7 +82,7 @@ def test_pattern_files_are_checked(tmp_path):
     bad.write_text(json.dumps([[1] * 19]))
     with pytest.raises(BenchError, match="JSON object"):
         load_patterns(str(bad), MODEL)
-    with pytest.raises(BenchError, match="publishes patterns only for"):
+    with pytest.raises(BenchError, match="holds the paper.s patterns only for"):
         load_patterns("paper", "efficientnet_lite0")
     assert set(load_patterns("paper", "mobilenetv2_140")) == {f"DS-{c}" for c in "ABCDEF"}
 
@@ -101,3 +101,24 @@ def test_wrong_pattern_length_and_broken_merge_are_refused(monkeypatch):
     monkeypatch.setattr(ds, "merge", broken_merge)
     with pytest.raises(ds.MergeError, match="differs from the network it replaces"):
         build_variants(model, {"DS-F": TWO_PATTERNS["DS-F"]}, 32)
+
+
+def test_settings_are_the_product_of_the_lists_with_fallbacks_merged():
+    from ds.bench.cli import parse_args, settings_from
+    args = parse_args(["--model", MODEL, "--out", "x.csv", "--dtypes", "fp32,bf16",
+                       "--modes", "eager,cudagraph", "--threads", "1,2", "--batch", "1,8"])
+    with pytest.warns(UserWarning, match="falls back to 'eager'"):
+        settings = settings_from(args, torch.device("cpu"))
+    assert len(settings) == 2 * 2 * 2  # cudagraph fell back to eager, which is already listed
+    assert settings[:3] == [(torch.float32, False, "eager", 1, 1), (torch.float32, False, "eager", 1, 8),
+                            (torch.float32, False, "eager", 2, 1)]
+    for option in ("--threads", "--batch"):
+        with pytest.raises(BenchError, match=option):
+            settings_from(parse_args(["--model", MODEL, "--out", "x", option, "two"]),
+                          torch.device("cpu"))
+
+
+def test_paper_subset_for_a_batch_sweep():
+    assert list(load_patterns("paper:DS-A,DS-F", "mobilenetv2_140")) == ["DS-A", "DS-F"]
+    with pytest.raises(BenchError, match="no paper pattern 'DS-Z'"):
+        load_patterns("paper:DS-Z", "mobilenetv2_140")

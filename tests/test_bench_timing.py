@@ -116,3 +116,11 @@ def test_compile_settings_refuse_silent_eager_fallback():
         limit = getattr(config, "recompile_limit", getattr(config, "cache_size_limit", None))
         assert limit >= 64
         assert getattr(config, "fail_on_recompile_limit_hit", True) is True
+
+
+def test_peaks_keep_the_best_of_two_measurements():
+    a = Peaks(flop_s=2.0, bytes_s=1.0, device="cpu", dtype="fp32", threads=1,
+              matmul_size=1, copy_bytes=1, tf32=False)
+    b = Peaks(flop_s=1.0, bytes_s=3.0, device="cpu", dtype="fp32", threads=1,
+              matmul_size=1, copy_bytes=1, tf32=False)
+    assert (a.best(b).flop_s, a.best(b).bytes_s) == (2.0, 3.0)

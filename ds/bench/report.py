@@ -84,12 +84,13 @@ def git_commit(path: Path) -> dict:
 
 
 def provenance(command: str, **extra) -> dict:
-    """Who, where and when: versions, host, date, command, git state, CPU load."""
+    """Who, where and when: versions, host, date, command, git state (pass `git=` as taken
+    when the run started), CPU load."""
     import timm
+    extra.setdefault("git", git_commit(Path(__file__).resolve().parent))
     return {
         "command": command,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(Path(__file__).resolve().parent),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,

@@ -8,7 +8,8 @@ peak (2 * MACs * batch / FLOP/s) and its minimal memory traffic at peak bandwidt
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import torch
@@ -35,6 +36,11 @@ class Peaks:
     copy_bytes: int
     tf32: bool  # fp32 matmul allowed TF32 tensor cores, as cuDNN's fp32 convs are by default
 
+    def best(self, other: "Peaks") -> "Peaks":
+        """The higher of two measurements of the same peaks (load can only lower a peak)."""
+        return replace(self, flop_s=max(self.flop_s, other.flop_s),
+                       bytes_s=max(self.bytes_s, other.bytes_s))
+
 
 def measure_peaks(device, dtype=torch.float32, *, threads: int | None = None, trials: int = 5,
                   matmul_size: int | None = None, copy_bytes: int | None = None) -> Peaks:
@@ -46,7 +52,8 @@ def measure_peaks(device, dtype=torch.float32, *, threads: int | None = None, tr
     # default); the fp32 peak must then be the TF32 one, or the roof would sit below the models.
     tf32 = dev.type == "cuda" and dt == torch.float32 and torch.backends.cudnn.allow_tf32
     tf32_before = torch.backends.cuda.matmul.allow_tf32
-    with fixed_threads(threads) as n_threads, torch.inference_mode():
+    on_device = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with fixed_threads(threads) as n_threads, torch.inference_mode(), on_device:
         a = torch.randn(n, n, device=dev).to(dt)
         b = torch.randn(n, n, device=dev).to(dt)
         matmul = lambda: torch.mm(a, b)  # noqa: E731

@@ -112,12 +112,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prepare_step(model: nn.Module, x: torch.Tensor, mode: str,
-                 compile_mode: str = "default") -> Callable[[], object]:
+def prepare_step(model: nn.Module, x: torch.Tensor, mode: str, compile_mode: str = "default",
+                 graph_pool=None) -> Callable[[], object]:
     """A no-argument callable that runs one forward pass of `model` on `x` in `mode`.
 
-    'cudagraph' captures the forward once on a static input (after a warm-up on a side stream,
-    as CUDA graph capture requires) and replays it; 'compile' wraps the model in torch.compile.
+    'cudagraph' captures the forward once and replays it; `x` is the graph's static input, so
+    it must stay alive and unchanged while the step is used (it does: one input per setting).
+    The capture follows the CUDA-graph recipe: warm-up on a side stream, then capture.
+    Graphs of one setting may share `graph_pool` (torch.cuda.graph_pool_handle()): they run
+    one after another on one stream and nobody reads their outputs, so one pool serves all.
+    'compile' wraps the model in torch.compile(mode=compile_mode).
     """
     check_mode(mode)
     if mode == "eager":
@@ -128,16 +132,16 @@ def prepare_step(model: nn.Module, x: torch.Tensor, mode: str,
     # cudagraph
     if x.device.type != "cuda":
         raise BenchError("mode 'cudagraph' needs a CUDA tensor; resolve the mode with resolve_mode()")
-    static_x = x.clone(memory_format=torch.preserve_format)
     side = torch.cuda.Stream(device=x.device)
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side):
         for _ in range(3):
-            model(static_x)
+            model(x)
     torch.cuda.current_stream(x.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = model(static_x)  # noqa: F841  (kept alive by the closure below)
+    with torch.cuda.graph(graph, pool=graph_pool):
+        static_out = model(x)
+
     def replay():
         graph.replay()
         return static_out
@@ -204,14 +208,16 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
         if ran_mode == "compile":
             stack.enter_context(compile_settings())
         if dev.type == "cuda":
+            stack.enter_context(torch.cuda.device(dev))  # events and streams on this GPU
             stack.callback(setattr, torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
             torch.backends.cudnn.benchmark = True
 
         x = random_batch(batch, input_size, dev, dt, channels_last, in_chans, seed)
+        graph_pool = torch.cuda.graph_pool_handle() if ran_mode == "cudagraph" else None
         steps, loop_iters = {}, {}
         for name, model in models.items():
             net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
-            steps[name] = step = prepare_step(net, x, ran_mode, compile_mode)
+            steps[name] = step = prepare_step(net, x, ran_mode, compile_mode, graph_pool)
             for _ in range(max(1, warmup)):
                 step()
             synchronize(dev)

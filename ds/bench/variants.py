@@ -21,15 +21,21 @@ BASE = "base"
 
 
 def load_patterns(spec: str, model_name: str) -> dict[str, list[int]]:
-    """Named patterns from 'paper' (the paper's DS-A..F for `model_name`) or a JSON file
-    holding {"name": [0/1, ...], ...}."""
-    if spec == "paper":
+    """Named patterns from 'paper' (the paper's DS-A..F for `model_name`), 'paper:DS-A,DS-F'
+    (a subset) or a JSON file holding {"name": [0/1, ...], ...}."""
+    if spec == "paper" or spec.startswith("paper:"):
         known = getattr(ds, "PATTERNS", {})
         if model_name not in known:
-            raise BenchError(f"--patterns paper: the paper publishes patterns only for "
+            raise BenchError(f"--patterns paper: ds.PATTERNS holds the paper's patterns only for "
                              f"{', '.join(sorted(known)) or 'no model known to ds.PATTERNS'}, not "
                              f"{model_name!r}; pass a JSON file of named 0/1 patterns instead")
-        return {name: list(p) for name, p in known[model_name].items()}
+        names = [n.strip() for n in spec.partition(":")[2].split(",") if n.strip()]
+        names = names or list(known[model_name])
+        unknown = [n for n in names if n not in known[model_name]]
+        if unknown:
+            raise BenchError(f"--patterns {spec}: no paper pattern {unknown[0]!r}; choose from "
+                             f"{', '.join(known[model_name])}")
+        return {name: list(known[model_name][name]) for name in names}
     path = Path(spec)
     if not path.is_file():
         raise BenchError(f"--patterns {spec!r}: not 'paper' and no such file; pass 'paper' or "
