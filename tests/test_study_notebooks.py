@@ -53,3 +53,17 @@ def test_a_failing_chapter_stops_the_run_and_names_itself(tmp_path):
     assert not (tmp_path / "broken" / "01_observation.done").exists()
     assert not (tmp_path / "broken" / "02_search.ipynb").exists()   # the run stopped there
     assert "01_observation" in (tmp_path / "broken" / "study.log").read_text()
+
+
+def test_a_new_backbone_runs_by_changing_parameters_only(tmp_path):
+    """The worked example of the book's "Adapt" page: efficientnet_lite0 through all five chapters."""
+    from ds.study.profiles import PROFILES_FILE, load_profile
+    lite0 = load_profile("lite0")
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text() + "\nlite0-tiny: {extends: tiny, backbone: efficientnet_lite0, "
+                        f"compare_pattern: {lite0['compare_pattern']}, patterns: [searched]}}\n")
+    run_dir = run_study("lite0-tiny", profiles_file=profiles, run_root=tmp_path, book=False)
+    assert all((run_dir / f"{chapter}.done").is_file() for chapter in CHAPTERS)
+    assert len(pd.read_csv(run_dir / "01_observation" / "removal.csv")) == 16   # lite0's blocks
+    merge = pd.read_csv(run_dir / "04_merge" / "merge.csv")
+    assert (merge["max_rel"] < 1e-4).all() and (merge["acc_merged"] == merge["acc_unmerged"]).all()
