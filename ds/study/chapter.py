@@ -136,17 +136,17 @@ def load_data(dataset: str, data_dir: str | None, input_size: int, limit_train: 
     synthetic set, which the returned dataset's name says). Images are resized (area) when
     `input_size` differs from the stored size, e.g. 16 px for the test profile.
     """
-    if dataset == "auto":
-        try:
-            dataset_obj = ds_data.load_cifar10(data_dir)
-        except ds_data.DataError:
-            dataset_obj = None
-        if dataset_obj is None:
-            return ds_data.fake_dataset(limit_train or 512, limit_test or 256, size=input_size, seed=seed)
-    elif dataset == "fake":
+    def synthetic():
         return ds_data.fake_dataset(limit_train or 512, limit_test or 256, size=input_size, seed=seed)
-    else:
-        dataset_obj = ds_data.load_dataset(dataset, data_dir)
+
+    if dataset == "fake":
+        return synthetic()
+    try:
+        dataset_obj = ds_data.load_dataset("cifar10" if dataset == "auto" else dataset, data_dir)
+    except ds_data.DataError:
+        if dataset != "auto":
+            raise
+        return synthetic()
     dataset_obj = dataset_obj.limit(limit_train, limit_test, seed=seed)
     if dataset_obj.train_images.shape[1] != input_size:
         dataset_obj = dataclasses.replace(dataset_obj, train_images=_resize(dataset_obj.train_images, input_size),

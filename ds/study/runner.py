@@ -130,7 +130,7 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
             continue
         log.info(f"{chapter}: running")
         seconds = run_chapter(chapter, parameters[chapter], run_dir, log, notebooks)
-        timings[chapter] = timings.get(chapter, 0.0) + seconds if not restart else seconds
+        timings[chapter] = seconds   # the piece that finished it
         timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC\n", time.gmtime()))
         log.info(f"{chapter}: done in {seconds:.0f} s")
