@@ -172,6 +172,19 @@ def reproduce_page(profiles_file=None) -> str:
              "A finished chapter leaves `runs/<profile>/NN_name.done`; a rerun skips it and resumes the others "
              "from their checkpoints. Delete a `.done` file (or pass `--restart`) to run a chapter again.", "",
              "Set `DS_DATA` to the directory that holds `cifar10-jpeg.tar.xz` (or torchvision's CIFAR-10).", "",
+             "## What a run leaves in `runs/<profile>/`", "",
+             "- `NN_name.ipynb`: each executed chapter, with its figures, tables and, on failure, the traceback;",
+             "- `base/`: the base network (`checkpoint.pt`, `metrics.csv`), trained in chapter 1;",
+             "- `01_observation/removal.csv`, `comparison.csv`; `02_search/k<budget>/` (checkpoint, `gates.csv`) "
+             "and `patterns.json`; `03_finetune/<pattern>/{plain,distill}/` and `results.csv`; "
+             "`04_merge/merge.csv`; `05_throughput/throughput.csv`;",
+             "- `provenance.json` (profile, device, date, commit of each chapter), `timings.json`, `study.log`, "
+             "and a `NN_name.done` marker per finished chapter.", "",
+             "## Time-limited machines", "",
+             "A profile with `piece_minutes` (the `full` profile: 9) makes each invocation a *piece*: training "
+             "stops at an epoch boundary before the piece would run over, the command exits with code 3 and says "
+             "it paused, and the same command continues from the checkpoints. Within any profile, an interrupted "
+             "run (a killed job, a lost machine) continues the same way.", "",
              "To run one chapter by hand, use the papermill commands below from the repository root "
              "(chapters read the outputs of the chapters before them from the run directory). "
              "They are generated from `profiles.yaml`, so they match the profiles exactly.", ""]
