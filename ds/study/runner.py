@@ -134,7 +134,7 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
         timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC\n", time.gmtime()))
         log.info(f"{chapter}: done in {seconds:.0f} s")
-    log.info(f"all chapters finished; chapter time {sum(timings.values()):.0f} s")
+    log.info(f"chapters finished; time of the finishing pieces: {sum(timings.values()):.0f} s")
     if book:
         from .book import build_book, publish
         book_dir = BOOK if profile.get("publish", True) else run_dir / "book"
