@@ -9,6 +9,7 @@ A chapter reads its inputs from and writes its outputs to the run directory:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -207,9 +208,14 @@ def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Pat
     checkpoint. `run(cfg)` replaces `fit` (e.g. a gate search, which returns a SearchResult with its
     metrics in `.extra["metrics"]`); it must resume from `out_dir`.
     """
-    run = run or (lambda c: fit(model, train_loader, test_loader, c, out_dir=out_dir, teacher=teacher,
-                                resume=True, meta=meta))
+    fit_run = run or (lambda c: fit(model, train_loader, test_loader, c, out_dir=out_dir, teacher=teacher,
+                                    resume=True, meta=meta))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def run(c):
+        with epoch_log(Path(out_dir) / "train.log"):
+            return fit_run(c)
+
     deadline = piece_deadline()
     if deadline is None:
         return run(dataclasses.replace(cfg, progress=False))
@@ -227,6 +233,13 @@ def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Pat
         metrics = result.metrics if hasattr(result, "metrics") else result.extra["metrics"]   # fit or search
         if len(metrics) >= cfg.epochs:
             return result
+
+
+@contextlib.contextmanager
+def epoch_log(path: Path):
+    """Send what training prints (one line per epoch) to `path` instead of the notebook."""
+    with open(path, "a") as log, contextlib.redirect_stdout(log):
+        yield
 
 
 def check_time(seconds_needed: float) -> None:

@@ -11,7 +11,7 @@ import torch
 import ds
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, evaluate, fit, save_checkpoint
 
-from .chapter import Chapter, check_time, load_model, train
+from .chapter import Chapter, check_time, epoch_log, load_model, train
 
 
 def _append(path: Path, rows: list[dict], row: dict) -> None:
@@ -83,7 +83,8 @@ def block_removal(ch: Chapter, backbone: str, num_classes: int, input_size: int,
         pattern[sw.index] = 0
         shrunk = build_model(backbone, num_classes, input_size, pattern, init=base_ckpt).to(ch.device)
         removed = evaluate(shrunk, test_loader)["acc"]
-        fit(shrunk, train_loader, None, TrainConfig(epochs=1, lr=lr, warmup_epochs=0, seed=ch.seed, progress=False))
+        with epoch_log(ch.out / "removal_train.log"):
+            fit(shrunk, train_loader, None, TrainConfig(epochs=1, lr=lr, warmup_epochs=0, seed=ch.seed, progress=False))
         finetuned = evaluate(shrunk, test_loader)["acc"]
         _append(path, rows, {"switch": sw.index, "block": sw.path, "stride": sw.stride, "skip": sw.skip,
                              "channels": f"{sw.in_channels}>{sw.out_channels}",
