@@ -122,6 +122,10 @@ def results_page(run_dir: Path) -> str:
         row = pd.read_csv(merge_csv).iloc[0]
         lines += [f"Its BN-folded form: {row['macs_merged'] / 1e6:.2f} MMACs, {row['params_merged'] / 1e6:.3f} M "
                   f"parameters.", ""]
+    comparison_csv = run_dir / "01_observation" / "comparison.csv"
+    if comparison_csv.is_file():
+        lines += ["The observation (chapter 1): one shrunk network, obtained from the trained base versus trained "
+                  "from scratch.", "", _markdown_table(pd.read_csv(comparison_csv)), ""]
     try:
         table = results_table(run_dir)
     except FileNotFoundError:
