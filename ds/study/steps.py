@@ -111,6 +111,11 @@ def candidate_patterns(base, searches: dict[int, "ds.gating.SearchResult"], sens
     return patterns
 
 
+def write_patterns(ch: Chapter, patterns: dict[str, list[int]]) -> None:
+    """Chapter 2's candidate patterns, for chapter 3: <run_dir>/02_search/patterns.json."""
+    (ch.out / "patterns.json").write_text(json.dumps(patterns, indent=1) + "\n")
+
+
 def read_patterns(ch: Chapter) -> dict[str, list[int]]:
     return json.loads(ch.require(ch.run_dir / "02_search" / "patterns.json", "02_search").read_text())
 
