@@ -62,3 +62,11 @@ def calibrate_batchnorm(model: nn.Module, input_size=32, seed: int = 0) -> nn.Mo
 def mbv2_cifar():
     import ds
     return calibrate_batchnorm(ds.create_model("mobilenetv2_140", num_classes=10, input_size=32))
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The whole study on the `tiny` profile (CIFAR-10 from DS_DATA, else synthetic), run once per
+    session with papermill into a temporary directory, its book built there with -W."""
+    from ds.study.runner import run_study
+    return run_study("tiny", run_root=tmp_path_factory.mktemp("runs"))

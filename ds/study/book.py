@@ -1,0 +1,211 @@
+"""The Jupyter Book: executed chapters copied in (parameter cells hidden), pages generated from
+the run's tables and from profiles.yaml, and the build (`jupyter-book build -W -n --keep-going`)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .profiles import REPO_ROOT, load_profile, read_profiles
+
+CHAPTER_DIR = "chapters"
+HIDDEN_TAGS = ("parameters", "injected-parameters")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "reproduce.md", "adapt.md", "deviations.md", "images", "_ext")
+
+
+def hide_parameter_cells(notebook_path: Path, target: Path) -> None:
+    """Copy an executed notebook, tagging its parameter cells (ours and papermill's) remove-cell."""
+    import nbformat
+    nb = nbformat.read(notebook_path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if any(t in tags for t in HIDDEN_TAGS) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+
+
+def publish(run_dir: Path, book_dir: Path, log: logging.Logger | None = None) -> None:
+    """Put a run's executed chapters and its results page into `book_dir` (copying the book's
+    sources there first when it is not the repository's book/)."""
+    from .runner import CHAPTERS
+    book_dir = Path(book_dir)
+    if book_dir.resolve() != (REPO_ROOT / "book").resolve():
+        book_dir.mkdir(parents=True, exist_ok=True)
+        for name in BOOK_SOURCES:
+            source = REPO_ROOT / "book" / name
+            if source.is_dir():
+                shutil.copytree(source, book_dir / name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, book_dir / name)
+    for chapter in CHAPTERS:
+        hide_parameter_cells(Path(run_dir) / f"{chapter}.ipynb", book_dir / CHAPTER_DIR / f"{chapter}.ipynb")
+    (book_dir / "results.md").write_text(results_page(Path(run_dir)))
+    if log:
+        log.info(f"published {run_dir} into {book_dir}")
+
+
+def jupyter_book_command() -> list[str]:
+    local = Path(sys.executable).with_name("jupyter-book")
+    return [str(local) if local.exists() else "jupyter-book"]
+
+
+def build_book(book_dir: Path, log: logging.Logger | None = None) -> Path:
+    """Build the book with warnings as errors; the path of its index.html."""
+    command = jupyter_book_command() + ["build", str(book_dir), "-W", "-n", "--keep-going"]
+    if log:
+        log.info("building the book: " + " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if log:
+        for line in (done.stdout + done.stderr).splitlines():
+            log.debug(line)
+    if done.returncode:
+        raise RuntimeError(f"jupyter-book build failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return Path(book_dir) / "_build" / "html" / "index.html"
+
+
+# ---------------------------------------------------------------- generated pages
+
+def _provenance(run_dir: Path) -> str:
+    path = run_dir / "provenance.json"
+    if not path.is_file():
+        return "unknown provenance"
+    record = json.loads(path.read_text())
+    profiles = sorted({r["profile"] for r in record.values()})
+    devices = sorted({r["device"] for r in record.values()})
+    dates = sorted(r["date_utc"] for r in record.values())
+    return (f"profile **{', '.join(profiles)}**, {'; '.join(devices)}, "
+            f"chapters run {dates[0]} to {dates[-1]}")
+
+
+def results_table(run_dir: Path) -> pd.DataFrame:
+    """One row per finetuned network: accuracy with and without distillation, merged accuracy,
+    MACs, parameters and speed-up (from the run's CSVs)."""
+    finetune = pd.read_csv(run_dir / "03_finetune" / "results.csv")
+    table = finetune.pivot_table(index=["pattern", "removed_blocks"], columns="distill", values="acc").reset_index()
+    table = table.rename(columns={False: "top-1 finetuned (%)", True: "top-1 distilled (%)"})
+    table.columns.name = None
+    merge_csv = run_dir / "04_merge" / "merge.csv"
+    if merge_csv.is_file():
+        merge = pd.read_csv(merge_csv)
+        merge = merge[merge["distill"]] if merge["distill"].any() else merge
+        merged = merge[["pattern", "acc_merged", "macs_merged", "params_merged", "max_abs"]].assign(
+            macs_merged=merge["macs_merged"] / 1e6, params_merged=merge["params_merged"] / 1e6)
+        table = table.merge(merged, on="pattern", how="left")
+    speed_csv = run_dir / "05_throughput" / "throughput.csv"
+    if speed_csv.is_file():
+        speed = pd.read_csv(speed_csv)
+        for device, group in speed.groupby("device"):
+            table = table.merge(group[["pattern", "speedup"]].rename(columns={"speedup": f"speed-up {device}"}),
+                                on="pattern", how="left")
+    return table.rename(columns={"removed_blocks": "removed blocks", "acc_merged": "top-1 merged (%)",
+                                 "macs_merged": "MMACs merged", "params_merged": "M params merged",
+                                 "max_abs": "max abs merge error"})
+
+
+def results_page(run_dir: Path) -> str:
+    """The results summary page, every number read from the run directory."""
+    lines = ["# Results summary", "",
+             f"Generated by `python -m ds.study` from the run directory `runs/{run_dir.name}` "
+             f"({_provenance(run_dir)}). Nothing on this page is typed by hand.", ""]
+    base_csv = run_dir / "base" / "metrics.csv"
+    if base_csv.is_file():
+        base = pd.read_csv(base_csv)
+        lines += [f"Base network: test top-1 {base['test_acc'].iloc[-1]:.2f}% after {len(base)} epoch(s).", ""]
+    merge_csv = run_dir / "04_merge" / "merge.csv"
+    if merge_csv.is_file():
+        row = pd.read_csv(merge_csv).iloc[0]
+        lines += [f"Its BN-folded form: {row['macs_merged'] / 1e6:.2f} MMACs, {row['params_merged'] / 1e6:.3f} M "
+                  f"parameters.", ""]
+    comparison_csv = run_dir / "01_observation" / "comparison.csv"
+    if comparison_csv.is_file():
+        lines += ["The observation (chapter 1): one shrunk network, obtained from the trained base versus trained "
+                  "from scratch.", "", _markdown_table(pd.read_csv(comparison_csv)), ""]
+    try:
+        table = results_table(run_dir)
+    except FileNotFoundError:
+        lines += ["The run has no finetuned networks yet (chapter 3 has not finished)."]
+        return "\n".join(lines) + "\n"
+    lines += ["Per pattern: blocks whose activations were removed, test top-1 after finetuning without and "
+              "with self-distillation, top-1 of the merged (distilled) network, its MACs and parameters, "
+              "the largest absolute difference between merged and unmerged outputs, and its measured "
+              "throughput speed-up over the merged base network on each device.", "",
+              _markdown_table(table), "",
+              "See the chapters for how each column was measured, and *Known deviations* for what differs "
+              "from the paper's setting."]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.1e}" if 0 < abs(value) < 1e-2 else f"{value:.2f}"
+        return str(value)
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule] + rows)
+
+
+def papermill_command(chapter: str, profile_name: str, profiles_file=None) -> str:
+    """The exact papermill command that runs one chapter of one profile (from the repository root)."""
+    from .runner import chapter_parameters
+    profile = load_profile(profile_name, profiles_file)
+    run_dir = Path("runs") / profile_name
+    parameters = chapter_parameters(profile, run_dir)[chapter]
+    return (f"papermill -k python3 notebooks/{chapter}.ipynb {run_dir}/{chapter}.ipynb \\\n"
+            f"    -y '{json.dumps(parameters)}'")
+
+
+def reproduce_page(profiles_file=None) -> str:
+    """The Reproduce page: the runner command and, per profile, each chapter's papermill command."""
+    from .runner import CHAPTERS
+    profiles = read_profiles(profiles_file)
+    lines = ["# Reproduce", "",
+             "Everything in this book comes from one command, run in a clone of the repository:", "",
+             "```bash", "make study                 # profile quick: about 20 minutes on 2 CPU cores",
+             "make study PROFILE=full    # the GPU reproduction (one H100)", "```", "",
+             "`make study` creates the virtual environment when it is missing, runs "
+             "`python -m ds.study run --profile $(PROFILE)` (the five chapters below, in order, with papermill, "
+             "into `runs/<profile>/`), then builds this book with `jupyter-book build book -W -n --keep-going`. "
+             "A finished chapter leaves `runs/<profile>/NN_name.done`; a rerun skips it and resumes the others "
+             "from their checkpoints. Delete a `.done` file (or pass `--restart`) to run a chapter again.", "",
+             "Set `DS_DATA` to the directory that holds `cifar10-jpeg.tar.xz` (or torchvision's CIFAR-10).", "",
+             "## What a run leaves in `runs/<profile>/`", "",
+             "- `NN_name.ipynb`: each executed chapter, with its figures, tables and, on failure, the traceback;",
+             "- `base/`: the base network (`checkpoint.pt`, `metrics.csv`), trained in chapter 1;",
+             "- `01_observation/removal.csv`, `comparison.csv`; `02_search/k<budget>/` (checkpoint, `gates.csv`) "
+             "and `patterns.json`; `03_finetune/<pattern>/{plain,distill}/` and `results.csv`; "
+             "`04_merge/merge.csv`; `05_throughput/throughput.csv`;",
+             "- `provenance.json` (profile, device, date, commit of each chapter), `timings.json`, `study.log`, "
+             "and a `NN_name.done` marker per finished chapter.", "",
+             "## Time-limited machines", "",
+             "A profile with `piece_minutes` (the `full` profile: 9) makes each invocation a *piece*: training "
+             "stops at an epoch boundary before the piece would run over, the command exits with code 3 and says "
+             "it paused, and the same command continues from the checkpoints. Within any profile, an interrupted "
+             "run (a killed job, a lost machine) continues the same way.", "",
+             "To run one chapter by hand, use the papermill commands below from the repository root "
+             "(chapters read the outputs of the chapters before them from the run directory). "
+             "They are generated from `profiles.yaml`, so they match the profiles exactly.", ""]
+    for name, profile in profiles.items():
+        lines += [f"## Profile `{name}`", "", profile.get("description", "").strip(), ""]
+        for chapter in CHAPTERS:
+            lines += [f"{chapter}:", "", "```bash", papermill_command(chapter, name, profiles_file), "```", ""]
+    lines += ["## Adding a profile", "",
+              "Add an entry to `profiles.yaml` (it may start from another with `extends: quick`) and run "
+              "`make study PROFILE=<name>`; no code changes. A key no chapter declares is an error that lists "
+              "the valid ones."]
+    return "\n".join(lines) + "\n"
+
+
+def write_static_pages(book_dir: Path = REPO_ROOT / "book", profiles_file=None) -> None:
+    """Pages generated from the repository (not from a run): Reproduce and the intro's diagram."""
+    from .diagram import block_merge_svg
+    (book_dir / "reproduce.md").write_text(reproduce_page(profiles_file))
+    (book_dir / "images").mkdir(exist_ok=True)
+    (book_dir / "images" / "block_merge.svg").write_text(block_merge_svg())

@@ -1,0 +1,249 @@
+"""What every chapter notebook does first and uses throughout: its run directory, provenance,
+data, models from checkpoints, and training that resumes (and pauses when a time slice ends).
+
+A chapter reads its inputs from and writes its outputs to the run directory:
+
+    <run_dir>/provenance.json          profile, device, date, git commit of every chapter run
+    <run_dir>/base/                    the base network (checkpoint.pt, metrics.csv), chapter 1
+    <run_dir>/<NN_name>/               each chapter's CSV, JSON and checkpoints
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ds import data as ds_data
+from ds.loaders import DeviceLoader
+from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, fit, load_weights, model_state
+
+from .profiles import REPO_ROOT
+
+BASE_DIR = "base"
+DEADLINE_ENV = "DS_STUDY_DEADLINE"   # unix time at which the current piece of a run should end
+
+
+class PieceTimeUp(RuntimeError):
+    """The time slice of this piece of the run is spent; rerun the chapter to continue."""
+
+
+class MissingInput(FileNotFoundError):
+    """A chapter needs the output of an earlier chapter that is not in the run directory."""
+
+
+# ---------------------------------------------------------------- device, time, provenance
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but this machine has no CUDA GPU; "
+                           f"use device='auto' or 'cpu' (the quick profile runs on CPU)")
+    return torch.device(device)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def piece_deadline() -> float | None:
+    value = os.environ.get(DEADLINE_ENV)
+    return float(value) if value else None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Chapter:
+    """One chapter's run: where it writes, on what it runs, and who produced it when."""
+    name: str
+    run_dir: Path
+    profile: str
+    device: torch.device
+    seed: int
+    date_utc: str
+
+    @property
+    def out(self) -> Path:
+        """This chapter's own output directory."""
+        path = self.run_dir / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.run_dir / BASE_DIR
+
+    def provenance_line(self) -> str:
+        return (f"Produced by profile **{self.profile}** on **{device_description(self.device)}** "
+                f"on {self.date_utc} (run directory `{self.run_dir.name}`, torch {torch.__version__}, "
+                f"commit {_git_commit() or 'unknown'}).")
+
+    def require(self, path: Path, chapter: str) -> Path:
+        """`path` if it exists, else a clear error naming the chapter that makes it."""
+        if not Path(path).exists():
+            raise MissingInput(f"{path} is missing: run chapter {chapter} with run_dir={str(self.run_dir)!r} first "
+                               f"(python -m ds.study run --profile {self.profile})")
+        return Path(path)
+
+
+def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: str = "auto", seed: int = 0,
+          threads: int | None = None) -> Chapter:
+    """Set up a chapter: seeds, threads, device, and a provenance record in the run directory."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    chapter = Chapter(name, run_dir, profile, dev, seed, now)
+    record_path = run_dir / "provenance.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record[name] = {"profile": profile, "device": device_description(dev), "date_utc": now,
+                    "commit": _git_commit(), "torch": torch.__version__, "host": platform.node()}
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return chapter
+
+
+# ---------------------------------------------------------------- data
+
+def load_data(dataset: str, data_dir: str | None, input_size: int, limit_train: int | None = None,
+              limit_test: int | None = None, seed: int = 0) -> ds_data.ArrayDataset:
+    """The chapter's dataset as uint8 arrays, subset and resized as the profile asks.
+
+    dataset: cifar10, cifar100, fake, or auto (CIFAR-10 when the data directory holds it, else the
+    synthetic set, which the returned dataset's name says). Images are resized (area) when
+    `input_size` differs from the stored size, e.g. 16 px for the test profile.
+    """
+    def synthetic():
+        return ds_data.fake_dataset(limit_train or 512, limit_test or 256, size=input_size, seed=seed)
+
+    if dataset == "fake":
+        return synthetic()
+    try:
+        dataset_obj = ds_data.load_dataset("cifar10" if dataset == "auto" else dataset, data_dir)
+    except ds_data.DataError:
+        if dataset != "auto":
+            raise
+        return synthetic()
+    dataset_obj = dataset_obj.limit(limit_train, limit_test, seed=seed)
+    if dataset_obj.train_images.shape[1] != input_size:
+        dataset_obj = dataclasses.replace(dataset_obj, train_images=_resize(dataset_obj.train_images, input_size),
+                                          test_images=_resize(dataset_obj.test_images, input_size))
+    return dataset_obj
+
+
+def _resize(images, size: int):
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def describe_data(dataset: ds_data.ArrayDataset) -> str:
+    name = {"cifar10": "CIFAR-10 (the JPEG copy, see Deviations)", "fake": "synthetic (no CIFAR-10 found)"}
+    return (f"{name.get(dataset.name, dataset.name)}: {len(dataset.train_labels)} training and "
+            f"{len(dataset.test_labels)} test images of {dataset.train_images.shape[1]} px, "
+            f"{dataset.num_classes} classes")
+
+
+def loaders(dataset: ds_data.ArrayDataset, batch_size: int, device: torch.device, seed: int = 0,
+            eval_batch_size: int | None = None) -> tuple[DeviceLoader, DeviceLoader]:
+    """(train, test) loaders holding the whole dataset on `device`."""
+    channels_last = device.type == "cuda"
+    common = dict(device=device, seed=seed, channels_last=channels_last)
+    train = DeviceLoader(dataset.train_images, dataset.train_labels, min(batch_size, len(dataset.train_labels)),
+                         dataset.mean, dataset.std, train=True, **common)
+    test = DeviceLoader(dataset.test_images, dataset.test_labels, eval_batch_size or 2 * batch_size,
+                        dataset.mean, dataset.std, train=False, **common)
+    return train, test
+
+
+# ---------------------------------------------------------------- models and training
+
+def load_model(backbone: str, num_classes: int, input_size: int, checkpoint: str | Path,
+               pattern=None) -> torch.nn.Module:
+    """The network a ds checkpoint holds: the base (pattern None) or a shrunk one, in eval mode."""
+    model = build_model(backbone, num_classes, input_size, pattern)
+    state, meta = model_state(checkpoint)
+    return load_weights(model, state, str(checkpoint), meta).eval()
+
+
+def is_finished(out_dir: str | Path, epochs: int) -> bool:
+    """Whether the run in `out_dir` has trained all `epochs` (its checkpoint says so)."""
+    metrics = Path(out_dir) / METRICS
+    if not (Path(out_dir) / CHECKPOINT).is_file() or not metrics.is_file():
+        return False
+    import pandas as pd
+    return len(pd.read_csv(metrics)) >= epochs
+
+
+def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Path, *, teacher=None,
+          meta=None, run=None):
+    """`ds.train.fit` with checkpoints in `out_dir`, resuming what is there.
+
+    When the runner gave this piece a deadline ($DS_STUDY_DEADLINE), train epoch by epoch and raise
+    PieceTimeUp before an epoch that would not end in time; the next piece resumes from the
+    checkpoint. `run(cfg)` replaces `fit` (e.g. a gate search, which returns a SearchResult with its
+    metrics in `.extra["metrics"]`); it must resume from `out_dir`.
+    """
+    fit_run = run or (lambda c: fit(model, train_loader, test_loader, c, out_dir=out_dir, teacher=teacher,
+                                    resume=True, meta=meta))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def run(c):
+        with epoch_log(Path(out_dir) / "train.log"):
+            return fit_run(c)
+
+    deadline = piece_deadline()
+    if deadline is None:
+        return run(dataclasses.replace(cfg, progress=False))
+    import pandas as pd
+    metrics_path = Path(out_dir) / METRICS
+    while True:
+        done = pd.read_csv(metrics_path) if metrics_path.is_file() else None
+        epochs_done = 0 if done is None else len(done)
+        if epochs_done < cfg.epochs:
+            last = 0.0 if done is None else float(done["seconds"].iloc[-1])
+            if time.time() + 1.3 * last + 10 > deadline:
+                raise PieceTimeUp(f"the time slice ends before epoch {epochs_done + 1}/{cfg.epochs} of {out_dir} "
+                                  f"would (last epoch took {last:.0f} s); rerun to continue from its checkpoint")
+        result = run(dataclasses.replace(cfg, progress=False, stop_after_epoch=epochs_done + 1))
+        metrics = result.metrics if hasattr(result, "metrics") else result.extra["metrics"]   # fit or search
+        if len(metrics) >= cfg.epochs:
+            return result
+
+
+@contextlib.contextmanager
+def epoch_log(path: Path):
+    """Send what training prints (one line per epoch) to `path` instead of the notebook."""
+    with open(path, "a") as log, contextlib.redirect_stdout(log):
+        yield
+
+
+def check_time(seconds_needed: float) -> None:
+    """Raise PieceTimeUp when less than `seconds_needed` is left in this piece of the run."""
+    deadline = piece_deadline()
+    if deadline is not None and time.time() + seconds_needed > deadline:
+        raise PieceTimeUp(f"less than {seconds_needed:.0f} s left in this piece; rerun to continue")

@@ -1,0 +1,160 @@
+"""The study's figures: each function takes tables (or a model) and returns a matplotlib Figure."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.patches import Rectangle
+from torch import nn
+
+KEEP, REMOVE = "#3b6ea8", "#f2c14e"
+
+
+def removal_bars(table: pd.DataFrame, base_acc: float):
+    """Accuracy per block with only that block's activations removed: right after, and finetuned."""
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    x = range(len(table))
+    ax.bar([i - 0.2 for i in x], table["acc_removed"], width=0.4, label="right after removal", color="#c44e52")
+    ax.bar([i + 0.2 for i in x], table["acc_finetuned"], width=0.4, label="after a short finetune", color=KEEP)
+    ax.axhline(base_acc, color="k", lw=1, ls="--", label=f"base network ({base_acc:.1f}%)")
+    ax.set_xticks(list(x), [str(i) for i in table["switch"]])
+    ax.set_xlabel("block (switch index) whose activations are removed")
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_trajectories(trajectories: dict[str, pd.DataFrame]):
+    """Gate scores of every searched block during the search, one panel per budget."""
+    fig, axes = plt.subplots(1, len(trajectories), figsize=(4.5 * len(trajectories), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, (name, frame) in zip(axes[0], trajectories.items()):
+        blocks = [c for c in frame.columns if c.startswith("block_")]
+        cmap = plt.get_cmap("viridis", len(blocks))
+        for i, column in enumerate(blocks):
+            ax.plot(frame["step"], frame[column], color=cmap(i), lw=1, label=column.split("_")[1])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("gate score")
+    axes[0][-1].legend(title="switch", fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def pattern_grid(patterns: dict[str, list[int]]):
+    """Patterns as rows of cells: blue keeps the activations of that switch, yellow removes them."""
+    names = list(patterns)
+    n = max(len(p) for p in patterns.values())
+    fig, ax = plt.subplots(figsize=(0.38 * n + 2.2, 0.32 * len(names) + 1.0))
+    for row, name in enumerate(names):
+        for col, bit in enumerate(patterns[name]):
+            ax.add_patch(Rectangle((col, row), 0.92, 0.85, color=KEEP if bit else REMOVE))
+    ax.set_xlim(0, n)
+    ax.set_ylim(len(names), 0)
+    ax.set_xticks([i + 0.46 for i in range(n)], [str(i) for i in range(n)], fontsize=7)
+    ax.set_yticks([i + 0.42 for i in range(len(names))], names, fontsize=8)
+    ax.set_xlabel("switch (0 stem, last head); blue keeps the activations, yellow removes them")
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.tick_params(length=0)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_removed(table: pd.DataFrame, base_acc: float):
+    """Finetuned accuracy against the number of blocks whose activations were removed."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for distill, group in table.groupby("distill"):
+        label = "with self-distillation" if distill else "without distillation"
+        ax.scatter(group["removed_blocks"], group["acc"], label=label, marker="o" if distill else "s",
+                   color=KEEP if distill else "#c44e52", zorder=3)
+        for _, row in group.iterrows():
+            ax.annotate(row["pattern"], (row["removed_blocks"], row["acc"]), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+    ax.axhline(base_acc, color="k", lw=1, ls="--", label=f"base network ({base_acc:.1f}%)")
+    ax.set_xlabel("blocks whose activations are removed")
+    ax.set_ylabel("test top-1 after finetuning (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _conv_label(convs: list[nn.Conv2d]) -> str:
+    parts = []
+    for conv in convs:
+        k = conv.kernel_size[0]
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels
+        parts.append(f"{'dw' if depthwise else ''}{k}x{k}")
+    return "-".join(parts)
+
+
+def unit_boxes(model: nn.Module, switches) -> list[dict]:
+    """Per switch: the convs of that unit in `model` (kernel sizes, channels in -> out, stride)."""
+    from ds.paths import get_module
+    boxes = []
+    for sw in switches:
+        module = get_module(model, sw.path)
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        stride = 1
+        for conv in convs:
+            stride *= conv.stride[0]
+        boxes.append({"switch": sw.index, "kind": sw.kind, "label": _conv_label(convs),
+                      "in": convs[0].in_channels, "out": convs[-1].out_channels, "stride": stride,
+                      "single_conv": len(convs) == 1 and sw.kind == "block"})
+    return boxes
+
+
+def architecture(before: list[dict], after: list[dict], title_before: str, title_after: str):
+    """The network before and after merging, side by side: one box per unit, input at the top."""
+    n = len(before)
+    fig, ax = plt.subplots(figsize=(7.5, 0.36 * n + 1.1))
+    for column, (boxes, title) in enumerate([(before, title_before), (after, title_after)]):
+        x = column * 3.6
+        ax.text(x + 1.5, -0.9, title, fontsize=10, weight="bold", ha="center")
+        for row, box in enumerate(boxes):
+            color = "#dddddd" if box["kind"] != "block" else (REMOVE if box["single_conv"] else "#cfe0f3")
+            ax.add_patch(Rectangle((x, row), 3.0, 0.8, facecolor=color, edgecolor="#444444", lw=0.7))
+            stride = f"  /{box['stride']}" if box["stride"] > 1 else ""
+            ax.text(x + 0.1, row + 0.42, f"{box['switch']:>2}  {box['kind'] + ' ' if box['kind'] != 'block' else ''}"
+                    f"{box['label']}   {box['in']}>{box['out']}{stride}", va="center", fontsize=7.5, family="monospace")
+    ax.set_xlim(-0.1, 6.7)
+    ax.set_ylim(n + 0.6, -1.4)
+    ax.axis("off")
+    ax.text(0, n + 0.5, "switch, convolutions (kxk dense, dwkxk depthwise), channels in>out, /stride; "
+                        "yellow: a block merged into one dense conv", fontsize=7, va="top")
+    fig.tight_layout()
+    return fig
+
+
+def pareto(ours: pd.DataFrame, paper: list[dict] | None, device_label: str):
+    """Accuracy change against speed-up over the base: our networks, their Pareto front, the paper's."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    ax.scatter(ours["speedup"], ours["delta_acc"], color=KEEP, zorder=3, label=f"this study ({device_label})")
+    for _, row in ours.iterrows():
+        ax.annotate(row["pattern"], (row["speedup"], row["delta_acc"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    front = pareto_front(ours)
+    ax.plot(front["speedup"], front["delta_acc"], color=KEEP, lw=1, ls="-", label="Pareto front (ours)")
+    if paper:
+        for i, row in enumerate(paper):
+            ax.plot([row["speedup"]] * 2, [row["delta_min"], row["delta_max"]], color="#c44e52", lw=2,
+                    label="paper, ImageNet, V100 (reported; range of its 3 settings)" if i == 0 else None)
+            ax.annotate(row["pattern"], (row["speedup"], row["delta_max"]), fontsize=7, color="#c44e52",
+                        xytext=(3, 2), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("throughput speed-up over the base network (x)")
+    ax.set_ylabel("top-1 change against the base (pp)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows not beaten on both speed-up and accuracy change, by speed-up."""
+    rows = table.sort_values(["speedup", "delta_acc"], ascending=[False, False])
+    best, keep = float("-inf"), []
+    for index, row in rows.iterrows():
+        if row["delta_acc"] > best:
+            keep.append(index)
+            best = row["delta_acc"]
+    return table.loc[keep].sort_values("speedup")

@@ -1,0 +1,62 @@
+"""Study profiles: named parameter sets for the five chapters, kept in one YAML file.
+
+`profiles.yaml` at the repository root maps a profile name to the chapters' parameters. A profile
+may start from another with `extends: NAME` and override some keys. Keys the runner reads itself
+(not passed to notebooks): description, extends, piece_minutes (end a piece of the run
+after this many minutes; rerun to continue), publish (false: build the book inside the run
+directory instead of book/).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_FILE = REPO_ROOT / "profiles.yaml"
+RUNNER_KEYS = ("description", "extends", "piece_minutes", "publish")
+
+
+class ProfileError(ValueError):
+    """An unknown profile, a malformed profiles file, or a parameter no chapter declares."""
+
+
+def read_profiles(path: str | Path | None = None) -> dict[str, dict]:
+    """Every profile in `path` (default: profiles.yaml at the repository root), as written."""
+    path = Path(path) if path else PROFILES_FILE
+    if not path.is_file():
+        raise ProfileError(f"profiles file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ProfileError(f"{path} must map profile names to mappings of parameters")
+    return data
+
+
+def load_profile(name: str, path: str | Path | None = None) -> dict:
+    """The parameters of profile `name`, with `extends` resolved (the child's keys win)."""
+    profiles = read_profiles(path)
+    chain, current = [], name
+    while current is not None:
+        if current not in profiles:
+            known = ", ".join(sorted(profiles))
+            what = f"profile {current!r}" + (f" (extended by {chain[-1]!r})" if chain else "")
+            raise ProfileError(f"unknown {what}; known profiles: {known}. "
+                               f"Add one to {Path(path) if path else PROFILES_FILE}.")
+        if current in chain:
+            raise ProfileError(f"profiles extend each other in a loop: {' -> '.join(chain + [current])}")
+        chain.append(current)
+        current = profiles[current].get("extends")
+    merged: dict = {}
+    for profile in reversed(chain):
+        merged.update(profiles[profile])
+    merged.pop("extends", None)
+    merged["profile"] = name
+    return merged
+
+
+def notebook_parameters(profile: dict) -> dict:
+    """The profile without the keys the runner keeps for itself."""
+    return {k: v for k, v in profile.items() if k not in RUNNER_KEYS}

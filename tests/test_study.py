@@ -1,0 +1,88 @@
+"""ds.study without running notebooks: profiles, parameters, generated pages, small helpers."""
+import nbformat
+import pandas as pd
+import pytest
+
+from ds.study import book, figures
+from ds.study.profiles import ProfileError, load_profile, read_profiles
+from ds.study.runner import CHAPTERS, NOTEBOOKS, chapter_parameters
+
+
+def test_profiles_file_has_the_three_profiles():
+    assert {"quick", "full", "tiny"} <= set(read_profiles())
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ProfileError, match="known profiles: .*full.*quick.*tiny"):
+        load_profile("qiuck")
+
+
+def test_extends_overrides_and_loops_are_caught(tmp_path):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("a: {backbone: x, seed: 1}\nb: {extends: a, seed: 2}\nc: {extends: d}\nd: {extends: c}\n")
+    assert load_profile("b", path) == {"backbone": "x", "seed": 2, "profile": "b"}
+    with pytest.raises(ProfileError, match="loop"):
+        load_profile("c", path)
+
+
+@pytest.mark.parametrize("name", sorted(read_profiles()))
+def test_every_profile_key_is_a_declared_parameter(name, tmp_path):
+    per_chapter = chapter_parameters(load_profile(name), tmp_path)
+    assert set(per_chapter) == set(CHAPTERS)
+    assert all(p["run_dir"] == str(tmp_path) and p["profile"] == name for p in per_chapter.values())
+
+
+def test_a_misspelt_key_is_an_error(tmp_path):
+    profile = load_profile("quick") | {"base_epoch": 3}
+    with pytest.raises(ProfileError, match="base_epoch.*no chapter"):
+        chapter_parameters(profile, tmp_path)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_each_notebook_has_one_parameters_cell_and_no_outputs(chapter):
+    nb = nbformat.read(NOTEBOOKS / f"{chapter}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_published_copies_hide_parameter_cells(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("a = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("a = 2", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("print(a)")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    book.hide_parameter_cells(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells]
+    assert ["remove-cell" in t for t in tags] == [True, True, False]
+
+
+def test_reproduce_page_matches_the_profiles():
+    assert (book.REPO_ROOT / "book" / "reproduce.md").read_text() == book.reproduce_page(), \
+        "book/reproduce.md is stale: run python -m ds.study pages"
+
+
+def test_pareto_front_keeps_points_no_other_beats():
+    table = pd.DataFrame({"pattern": list("abcd"), "speedup": [1.0, 1.5, 1.4, 2.0],
+                          "delta_acc": [-1.0, -2.0, -3.0, -2.5]})
+    assert list(figures.pareto_front(table)["pattern"]) == ["a", "b", "d"]
+
+
+def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    from ds.data import fake_dataset
+    from ds.study import PieceTimeUp, chapter
+    from ds.train import TrainConfig, build_model
+
+    train_loader, test_loader = chapter.loaders(fake_dataset(64, 32, size=16), 32, torch.device("cpu"))
+    model = build_model("mobilenetv2_035", 10, 16)
+    cfg = TrainConfig(epochs=2, lr=0.05, warmup_epochs=0)
+    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 5))   # too close: pause before epoch 1
+    with pytest.raises(PieceTimeUp, match="epoch 1/2"):
+        chapter.train(model, train_loader, test_loader, cfg, tmp_path)
+    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 600))
+    assert len(chapter.train(model, train_loader, test_loader, cfg, tmp_path).metrics) == 2
+    assert chapter.is_finished(tmp_path, 2)
