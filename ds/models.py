@@ -63,8 +63,8 @@ def _use_cifar_strides(model: nn.Module, units) -> None:
     stem_conv = get_module(model, units[0].ops[0].conv)
     _set_stride_one(stem_conv)
     for unit in units[1:]:
-        strided = [get_module(model, op.conv) for op in unit.ops
-                   if get_module(model, op.conv).stride[0] == 2]
+        convs = [get_module(model, op.conv) for op in unit.ops]
+        strided = [conv for conv in convs if conv.stride[0] == 2]
         if strided:
             _set_stride_one(strided[0])
             block = get_module(model, unit.path)

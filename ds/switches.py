@@ -54,9 +54,7 @@ def switches(model: nn.Module) -> list[Switch]:
             index=index, kind=unit.kind, path=unit.path, block_type=unit.module_type,
             in_channels=convs[0].in_channels if convs else 0,
             out_channels=convs[-1].out_channels if convs else 0,
-            stride=_total_stride(convs), kernel_size=_receptive_size(convs),
-            expansion=max((c.out_channels for c in convs[:-1]), default=0) / convs[0].in_channels
-            if len(convs) > 1 else 1.0,
+            stride=_total_stride(convs), kernel_size=_receptive_size(convs), expansion=_expansion(convs),
             skip=unit.skip, act_paths=unit.act_paths, switchable=switchable, reason=reason,
         ))
     return result
@@ -75,6 +73,13 @@ def _total_stride(convs: list[nn.Conv2d]) -> int:
     for conv in convs:
         stride *= conv.stride[0]
     return stride
+
+
+def _expansion(convs: list[nn.Conv2d]) -> float:
+    """Widest inner channel count over the input channels (1 for a single conv or none)."""
+    if len(convs) < 2:
+        return 1.0
+    return max(conv.out_channels for conv in convs[:-1]) / convs[0].in_channels
 
 
 def _receptive_size(convs: list[nn.Conv2d]) -> int:
