@@ -31,10 +31,11 @@ PATTERNS: dict[str, dict[str, tuple[int, ...]]] = {
 
 
 def resolve_pattern(model: nn.Module, pattern: str | Sequence[int], length: int) -> list[int]:
-    """`pattern` (a name in PATTERNS, a JSON file of one list, or a 0/1 sequence) as a 0/1 list."""
+    """`pattern` as a 0/1 list. It is a name in PATTERNS, a 0/1 sequence, or a JSON file: one list,
+    or an object of named lists (a search's patterns.json) with `FILE:NAME` choosing one."""
     name = model_name(model)
-    if isinstance(pattern, str) and pattern.endswith(".json"):
-        pattern = _read_pattern_file(Path(pattern))
+    if isinstance(pattern, str) and _names_a_file(pattern):
+        pattern = _read_pattern_file(pattern)
     if isinstance(pattern, str):
         known = PATTERNS.get(name, {})
         if pattern not in known:
@@ -54,13 +55,33 @@ def resolve_pattern(model: nn.Module, pattern: str | Sequence[int], length: int)
     return [int(b) for b in bits]
 
 
-def _read_pattern_file(path: Path) -> list[int]:
+def _split_key(spec: str) -> tuple[Path, str]:
+    """`FILE:NAME` into (FILE, NAME); a spec that is itself an existing path has no NAME."""
+    if ":" in spec and not Path(spec).exists():
+        file, _, key = spec.rpartition(":")
+        return Path(file), key
+    return Path(spec), ""
+
+
+def _names_a_file(spec: str) -> bool:
+    path, _ = _split_key(spec)
+    return path.is_file() or path.suffix == ".json"
+
+
+def _read_pattern_file(spec: str) -> list[int]:
+    path, key = _split_key(spec)
     if not path.is_file():
         raise PatternError(f"pattern file {path} does not exist")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise PatternError(f"pattern file {path} is not valid JSON: {error}") from None
+    if isinstance(data, dict):
+        if key not in data and not (not key and len(data) == 1):
+            names = ", ".join(list(data)[:6]) + ("..." if len(data) > 6 else "")
+            raise PatternError(f"{path} holds patterns {names}; choose one as {path}:NAME")
+        data = data[key] if key else next(iter(data.values()))
     if not isinstance(data, list):
-        raise PatternError(f"pattern file {path} must hold one JSON list of 0/1 entries")
+        raise PatternError(f"pattern file {path} must hold a JSON list of 0/1 entries, or an object "
+                           f"of named lists")
     return data

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import random
@@ -466,24 +465,12 @@ def parse_pattern(spec: str | None, model: nn.Module) -> list[int] | None:
     from ds.patterns import resolve_pattern
 
     num_switches = len(_switches(model))
-    file, _, key = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
-    if Path(file).is_file():
-        try:
-            data = json.loads(Path(file).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"pattern file {file} is not valid JSON: {err}") from None
-        if isinstance(data, dict):
-            if key not in data and not (not key and len(data) == 1):
-                raise ValueError(f"{file} holds patterns {', '.join(list(data)[:6])}{'...' if len(data) > 6 else ''}; "
-                                 f"choose one as --pattern {file}:NAME")
-            data = data[key] if key else next(iter(data.values()))
-        return resolve_pattern(model, data, num_switches)
-    digits = spec.strip("[] ").replace(",", " ").split()
+    digits = spec.strip("[] ").replace(",", " ").split()   # an inline list; else a name or a file
     if len(digits) == 1 and set(digits[0]) <= {"0", "1"}:
         digits = list(digits[0])
     if digits and all(d in ("0", "1") for d in digits):
         return resolve_pattern(model, [int(d) for d in digits], num_switches)
-    return resolve_pattern(model, spec, num_switches)   # a name; the error lists the known ones
+    return resolve_pattern(model, spec, num_switches)   # a name or a JSON file (FILE:NAME)
 
 
 def _switches(model):

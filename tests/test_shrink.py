@@ -1,4 +1,6 @@
 """apply_pattern: structure, errors, and what it leaves alone."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -78,6 +80,15 @@ def test_pattern_file(mbv2_cifar, tmp_path):
     assert len([m for m in ds.apply_pattern(mbv2_cifar, str(path)).modules() if isinstance(m, LinearRun)]) == 9
     path.write_text("{")
     with pytest.raises(ds.PatternError, match="not valid JSON"):
+        ds.apply_pattern(mbv2_cifar, str(path))
+
+
+def test_pattern_file_of_named_patterns(mbv2_cifar, tmp_path):
+    path = tmp_path / "patterns.json"
+    path.write_text(json.dumps({"a": [1] * 19, "b": list(ds.PATTERNS["mobilenetv2_140"]["DS-F"])}))
+    shrunk = ds.apply_pattern(mbv2_cifar, f"{path}:b")
+    assert len([m for m in shrunk.modules() if isinstance(m, LinearRun)]) == 17  # every block
+    with pytest.raises(ds.PatternError, match="holds patterns a, b; choose one as .*:NAME"):
         ds.apply_pattern(mbv2_cifar, str(path))
 
 
