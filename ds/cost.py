@@ -5,9 +5,17 @@ import torch
 from torch import nn
 
 
+def image_size(input_size) -> tuple[int, int]:
+    """(height, width) from an int or a (height, width) pair."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    height, width = input_size
+    return int(height), int(width)
+
+
 def input_shape(model: nn.Module, input_size) -> tuple[int, int, int, int]:
     """(1, channels, height, width) of one input image; `input_size` is an int or (height, width)."""
-    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    height, width = image_size(input_size)
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     return 1, first_conv.in_channels, height, width
 

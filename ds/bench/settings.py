@@ -123,11 +123,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()
-
-
-def image_size(input_size) -> tuple[int, int]:
-    """(H, W) from an int or a pair."""
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    h, w = input_size
-    return (int(h), int(w))

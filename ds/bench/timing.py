@@ -21,8 +21,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ds.cost import image_size
+
 from .settings import (BenchError, available_mode, check_mode, device_name, dtype_name, fixed_threads,
-                       image_size, layout_name, resolve_device, resolve_dtype, resolve_layout)
+                       layout_name, resolve_device, resolve_dtype, resolve_layout)
 
 MIN_REPEATS = 5
 

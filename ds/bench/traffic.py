@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .settings import image_size, resolve_dtype
+from ds.cost import image_size
+
+from .settings import resolve_dtype
 
 COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
