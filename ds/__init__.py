@@ -2,7 +2,7 @@
 now-linear blocks into dense convs, and measure what it buys."""
 from .cost import macs, params
 from .errors import MergeError, PatternError, UnsupportedModelError
-from .merge import merge, verify
+from .merging import MERGE_TOLERANCE, merge, verify
 from .models import create_model
 from .patterns import PATTERNS
 from .shrink import apply_pattern
@@ -21,6 +21,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "create_model", "switches", "apply_pattern", "merge", "verify", "macs", "params", "PATTERNS",
+    "create_model", "switches", "apply_pattern", "merge", "verify", "macs", "params", "PATTERNS", "MERGE_TOLERANCE",
     "Switch", "MergeError", "PatternError", "UnsupportedModelError",
 ]

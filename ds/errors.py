@@ -11,3 +11,7 @@ class PatternError(ValueError):
 
 class MergeError(RuntimeError):
     """A merged network that does not reproduce the network it replaces."""
+
+
+class DeviceError(ValueError):
+    """A device that is unknown or not present on this machine."""

@@ -6,6 +6,7 @@ import re
 from torch import nn
 
 from .errors import UnsupportedModelError
+from .meta import info, set_info
 
 _TORCHVISION_MOBILENET_V2 = re.compile(r"^tv_mobilenet_v2(?:_(\d{3}))?$")
 CIFAR_MAX_INPUT = 64
@@ -20,7 +21,7 @@ def create_model(name: str, num_classes: int = 1000, input_size: int = 224) -> n
 
     For inputs of 64 px or less (CIFAR), the stem and the first stride-2 block are set to stride
     1, as CIFAR variants of MobileNetV2 do, so a 32 px input reaches the head at 4 x 4 instead of
-    1 x 1. The model records `ds_name` and `ds_input_size`.
+    1 x 1. The model records its name and sizes in `ds.meta.info(model)`.
     """
     from .anatomy import parse_units
 
@@ -28,14 +29,12 @@ def create_model(name: str, num_classes: int = 1000, input_size: int = 224) -> n
     units = parse_units(model)  # raises for layouts ds cannot read
     if input_size <= CIFAR_MAX_INPUT:
         _use_cifar_strides(model, units)
-    model.ds_name = name
-    model.ds_input_size = input_size
-    return model
+    return set_info(model, backbone=name, num_classes=num_classes, input_size=input_size)
 
 
 def model_name(model: nn.Module) -> str | None:
     """The name the model was built under (ds or timm), if known."""
-    name = getattr(model, "ds_name", None)
+    name = info(model).backbone
     if name is None:
         name = getattr(model, "pretrained_cfg", {}).get("architecture")
     return name

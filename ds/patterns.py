@@ -9,17 +9,7 @@ from torch import nn
 
 from .errors import PatternError
 from .models import model_name
-
-# Fu et al., ICML 2022, for MobileNetV2-1.4: index 0 stem, 1 the expansion-1 block, 2..17 the
-# inverted-residual blocks, 18 head; 1 keeps the activation, 0 removes it.
-PAPER_PATTERNS = {
-    "DS-A": (0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1),
-    "DS-B": (1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1),
-    "DS-C": (1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1),
-    "DS-D": (0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1),
-    "DS-E": (0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1),
-    "DS-F": (1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1),
-}
+from .paper import PAPER_PATTERNS
 
 # The paper searched its patterns on mobilenetv2_140; every MobileNetV2 of the standard depth
 # has the same 19 switches, so the patterns also apply (unsearched) to the other widths.

@@ -9,6 +9,7 @@ from torch import nn
 from .anatomy import Unit, parse_units
 from .errors import PatternError
 from .linear import LinearRun, LinearStage
+from .meta import info, set_info
 from .paths import get_module, set_module
 from .patterns import resolve_pattern
 from .switches import unit_switchable
@@ -45,7 +46,7 @@ def apply_pattern(model: nn.Module, pattern: str | Sequence[int], final_act: boo
         set_module(shrunk, run[0].path, linear_run)
         for unit in run[1:]:
             set_module(shrunk, unit.path, nn.Identity())
-    return shrunk
+    return set_info(shrunk, info(model), pattern=tuple(bits), final_act=final_act)
 
 
 def _removed_runs(units: list[Unit], bits: list[int], final_act: bool) -> list[list[Unit]]:

@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+import ds
+
 from ds.bench import BenchError, measure, measure_peaks, memory_traffic, throughput, time_bound
 from ds.bench.roofline import Peaks
 from ds.bench.timing import random_batch
@@ -53,7 +55,6 @@ def test_inputs_are_random_not_zeros():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(device="tpu"), "unknown device"),
     (dict(device="cpu", dtype="fp8"), "unknown dtype"),
     (dict(device="cpu", mode="jit"), "unknown mode"),
     (dict(device="cpu", channels_last="nhcw"), "unknown layout"),
@@ -64,9 +65,14 @@ def test_clear_errors(kwargs, match):
         throughput(tiny(), 16, 2, **kwargs)
 
 
+def test_unknown_device():
+    with pytest.raises(ds.errors.DeviceError, match="unknown device"):
+        throughput(tiny(), 16, 2, device="tpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_cuda_without_cuda_names_the_problem():
-    with pytest.raises(BenchError, match="CUDA is not available.*--device cpu"):
+    with pytest.raises(ds.errors.DeviceError, match="CUDA is not available.*--device cpu"):
         throughput(tiny(), 16, 2, "cuda")
 
 

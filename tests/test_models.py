@@ -37,7 +37,7 @@ def test_cifar_strides(name):
     features = small.forward_features if hasattr(small, "forward_features") else small.features
     with torch.no_grad():
         assert features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
-    assert (small.ds_name, small.ds_input_size) == (name, 32)
+    assert (ds.meta.info(small).backbone, ds.meta.info(small).input_size) == (name, 32)
 
 
 def test_unknown_model_name():

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ds.errors import UnsupportedModelError
+from ds.errors import DeviceError, UnsupportedModelError
+from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
-from .report import format_table, git_commit, provenance, setting_rows, to_frame, write_sidecar
+from .report import format_table, provenance, setting_rows, to_frame, write_sidecar
 from .roofline import measure_peaks, roofline
-from .settings import (BenchError, all_cores, check_mode, cpu_name, device_name, dtype_name, layout_name,
-                       resolve_device, resolve_dtype, resolve_layout)
+from .settings import (BenchError, all_cores, check_mode, dtype_name, layout_name, resolve_dtype,
+                       resolve_layout)
 from .timing import resolve_mode
 
 
@@ -107,7 +108,7 @@ def run(args, command: str) -> "pandas.DataFrame":
     settings = settings_from(args, device)
     patterns = load_patterns(args.patterns, args.model)
     load_before = os.getloadavg()
-    git_state = git_commit(Path(__file__).resolve().parent)  # the code that runs, not the code at the end
+    git_state = git_commit()  # the code that runs, not the code at the end
 
     torch.manual_seed(args.seed)
     print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     command = "python -m ds.bench " + shlex.join(argv)
     try:
         run(args, command)
-    except (BenchError, UnsupportedModelError) as e:
+    except (BenchError, DeviceError, UnsupportedModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,17 +1,14 @@
 """What a benchmark run leaves behind: the CSV rows, a provenance sidecar, a printed table."""
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .paper import PAPER_MODEL, PAPER_V100_REPORTED_SPEEDUP
+from ds.paper import PAPER_MODEL, PAPER_V100_REPORTED_SPEEDUP
+from ds.provenance import git_commit, machine, utc_now, versions
 
 COLUMNS = ["model", "pattern", "device", "device_name", "torch", "dtype", "layout", "mode",
            "batch", "input", "macs", "params", "img_s_median", "img_s_min", "img_s_max",
@@ -71,35 +68,11 @@ def format_table(frame: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
-def git_commit(path: Path) -> dict:
-    """HEAD commit of the repository holding `path`, and whether its work tree had changes."""
-    def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    try:
-        return {"commit": git("rev-parse", "HEAD") or None,
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
 def provenance(command: str, **extra) -> dict:
     """Who, where and when: versions, host, date, command, git state (pass `git=` as taken
     when the run started), CPU load."""
-    import timm
-    extra.setdefault("git", git_commit(Path(__file__).resolve().parent))
-    return {
-        "command": command,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        **extra,
-    }
+    extra.setdefault("git", git_commit())
+    return {"command": command, "date_utc": utc_now(), **versions(), **machine(), **extra}
 
 
 def write_sidecar(csv_path: Path, record: dict) -> Path:

@@ -15,7 +15,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .settings import dtype_name, fixed_threads, resolve_device, resolve_dtype
+from ds.provenance import resolve_device
+
+from .settings import dtype_name, fixed_threads, resolve_dtype
 from .timing import synchronize, time_loop
 from .traffic import memory_traffic
 

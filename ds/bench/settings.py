@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import warnings
 
 import torch
@@ -19,27 +18,10 @@ DTYPES = {
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 LAYOUTS = {"nchw": False, "channels_last": True, "nhwc": True}
 MODES = ("eager", "cudagraph", "compile")
-DEVICES = ("cpu", "cuda")
 
 
 class BenchError(ValueError):
     """A benchmark asked for something that cannot be done here; the message names the fix."""
-
-
-def resolve_device(device) -> torch.device:
-    """A torch.device for 'cpu' or 'cuda[:i]'; a clear error when CUDA is asked for but absent."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in DEVICES:
-        raise BenchError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or 'cuda:N')")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(
-            f"device {device!r} was requested but CUDA is not available here "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
-            "run on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu")
-    return dev
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -105,21 +87,3 @@ def fixed_threads(threads: int | None):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()

@@ -1,6 +1,6 @@
 """Images per second of one or several networks, measured the same way in one process.
 
-Protocol (DESIGN.md section 4): eval mode, no autograd, one fresh random input batch
+Protocol (docs/design.md, "Measuring speed"): eval mode, no autograd, one fresh random input batch
 (torch.randn, seeded) shared by every model of the call, per-model warm-up, then `repeats`
 timed repeats that each run a loop of `iters` forward passes. Models are interleaved: repeat r
 times every model once, starting from a rotating position, so machine drift hits all of them
@@ -23,8 +23,10 @@ from torch import nn
 
 from ds.cost import image_size
 
-from .settings import (BenchError, available_mode, check_mode, device_name, dtype_name, fixed_threads,
-                       layout_name, resolve_device, resolve_dtype, resolve_layout)
+from ds.provenance import device_name, resolve_device
+
+from .settings import (BenchError, available_mode, check_mode, dtype_name, fixed_threads, layout_name,
+                       resolve_dtype, resolve_layout)
 
 MIN_REPEATS = 5
 

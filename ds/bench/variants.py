@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 import ds
-from ds.merge import MERGE_TOLERANCE
+from ds.merging import MERGE_TOLERANCE
 
 from .settings import BenchError
 

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from ds import data as ds_data
 from ds.loaders import DeviceLoader
+from ds.provenance import describe_device, git_commit, resolve_device
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, fit, load_weights, model_state
 
 from .profiles import REPO_ROOT
@@ -43,33 +43,9 @@ class MissingInput(FileNotFoundError):
 
 # ---------------------------------------------------------------- device, time, provenance
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but this machine has no CUDA GPU; "
-                           f"use device='auto' or 'cpu' (the quick profile runs on CPU)")
-    return torch.device(device)
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def piece_deadline() -> float | None:
     value = os.environ.get(DEADLINE_ENV)
     return float(value) if value else None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 @dataclass
@@ -94,9 +70,9 @@ class Chapter:
         return self.run_dir / BASE_DIR
 
     def provenance_line(self) -> str:
-        return (f"Produced by profile **{self.profile}** on **{device_description(self.device)}** "
+        return (f"Produced by profile **{self.profile}** on **{describe_device(self.device)}** "
                 f"on {self.date_utc} (run directory `{self.run_dir.name}`, torch {torch.__version__}, "
-                f"commit {_git_commit() or 'unknown'}).")
+                f"commit {git_commit()['short'] or 'unknown'}).")
 
     def require(self, path: Path, chapter: str) -> Path:
         """`path` if it exists, else a clear error naming the chapter that makes it."""
@@ -121,8 +97,8 @@ def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: st
     chapter = Chapter(name, run_dir, profile, dev, seed, now)
     record_path = run_dir / "provenance.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record[name] = {"profile": profile, "device": device_description(dev), "date_utc": now,
-                    "commit": _git_commit(), "torch": torch.__version__, "host": platform.node()}
+    record[name] = {"profile": profile, "device": describe_device(dev), "date_utc": now,
+                    "commit": git_commit()["short"], "torch": torch.__version__, "host": platform.node()}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return chapter
 

@@ -11,6 +11,7 @@ from .cost import input_shape
 from .errors import MergeError
 from .kernels import fold_batchnorm
 from .linear import LinearRun
+from .meta import info, set_info
 from .paths import get_module, set_module
 
 MERGE_TOLERANCE = 1e-4  # relative error allowed in float32
@@ -39,9 +40,9 @@ def merge(model: nn.Module, *, merge_depthwise_separable: bool = False, verify: 
             _fold_into_conv(get_module(merged, op.conv), get_module(merged, op.norm))
             set_module(merged, op.norm, _activation_of(get_module(merged, op.norm)))
     if verify:
-        _check_equal(model, merged, input_size or getattr(model, "ds_input_size", 224), tolerance,
+        _check_equal(model, merged, input_size or info(model).input_size or 224, tolerance,
                      merge_depthwise_separable)
-    return merged
+    return set_info(merged, info(model), merged=True)
 
 
 def _check_equal(model: nn.Module, merged: nn.Module, input_size, tolerance: float,

@@ -1,0 +1,101 @@
+"""Where and from what a result was made: the device, the machine, the code (git) and versions.
+
+One helper per question, used by the benchmarks, the training CLI and the study alike.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .errors import DeviceError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def resolve_device(device="auto") -> torch.device:
+    """A torch.device for 'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:i]'.
+
+    Raises DeviceError for an unknown name, and for CUDA on a machine without it."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda (or 'cuda:N')")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r} was requested but CUDA is not available here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False): run on a machine "
+            f"with an NVIDIA GPU and a CUDA build of torch, or use the CPU (--device cpu, "
+            f"device: cpu in a profile)")
+    return dev
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words, with the CUDA version or the CPU thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
+
+
+def git_commit(path: str | Path = REPO_ROOT) -> dict:
+    """HEAD of the repository holding `path` ({'commit', 'short', 'dirty'}; None where unknown).
+
+    `dirty` says whether tracked files had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD") or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "short": commit[:7] if commit else None, "dirty": dirty}
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+    """Versions of what produced a result: python, torch, timm, CUDA, cuDNN."""
+    import timm  # heavy; only loaded when a record is written
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "host": platform.node(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count()}
