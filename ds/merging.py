@@ -28,7 +28,8 @@ def merge(model: nn.Module, *, merge_depthwise_separable: bool = False, verify: 
 
     With `verify` (the default) both networks run on random inputs of `input_size` (default: the
     size the model was created for, else 224) and a float32 relative error above `tolerance`
-    raises MergeError. The given model is not modified.
+    raises MergeError; the errors found are recorded on the result (`ds.meta.info(merged)`'s
+    `merge_max_abs` and `merge_max_rel`). The given model is not modified.
     """
     merged = copy.deepcopy(model).eval()
     for unit in parse_units(merged):
@@ -39,17 +40,19 @@ def merge(model: nn.Module, *, merge_depthwise_separable: bool = False, verify: 
         for op in unit.ops:
             _fold_into_conv(get_module(merged, op.conv), get_module(merged, op.norm))
             set_module(merged, op.norm, _activation_of(get_module(merged, op.norm)))
+    set_info(merged, info(model), merged=True)
     if verify:
-        _check_equal(model, merged, input_size or info(model).input_size or 224, tolerance,
-                     merge_depthwise_separable)
-    return set_info(merged, info(model), merged=True)
+        errors = _check_equal(model, merged, input_size or info(model).input_size or 224, tolerance,
+                              merge_depthwise_separable)
+        set_info(merged, merge_max_abs=errors["max_abs"], merge_max_rel=errors["max_rel"])
+    return merged
 
 
 def _check_equal(model: nn.Module, merged: nn.Module, input_size, tolerance: float,
-                 merge_depthwise_separable: bool) -> None:
+                 merge_depthwise_separable: bool) -> dict[str, float]:
     errors = verify(model, merged, input_size)
     if errors["max_rel"] <= tolerance:
-        return
+        return errors
     # Tell rounding from a wrong merge: merged in float64 from a float64 copy, a correct merge
     # agrees to ~1e-13 whatever the network's conditioning.
     model64 = copy.deepcopy(model).double()

@@ -13,7 +13,6 @@ from pathlib import Path
 from torch import nn
 
 import ds
-from ds.merging import MERGE_TOLERANCE
 
 from .settings import BenchError
 
@@ -62,8 +61,9 @@ def build_variants(model: nn.Module, patterns: dict[str, list[int]], input_size,
                    merge_depthwise_separable: bool = False):
     """({name: merged network}, {name: verification errors}) for the base and every pattern.
 
-    Each merged network is checked with `ds.verify` against the shrunk network it replaces;
-    a relative error above ds.merge's tolerance raises ds.MergeError (a bug, not a result).
+    `ds.merge` checks each merged network against the shrunk network it replaces (a relative
+    error above its tolerance raises ds.MergeError: a bug, not something to time) and records
+    the errors it found, which are returned here.
     """
     n = len(ds.switches(model))
     merged, errors = {}, {}
@@ -72,12 +72,8 @@ def build_variants(model: nn.Module, patterns: dict[str, list[int]], input_size,
             shrunk = ds.apply_pattern(model, pattern).eval()
         except ds.PatternError as e:
             raise BenchError(f"pattern {name!r}: {e}") from None
-        merged[name] = ds.merge(shrunk, verify=False, input_size=input_size,
+        merged[name] = ds.merge(shrunk, input_size=input_size,
                                 merge_depthwise_separable=merge_depthwise_separable)
-        errors[name] = ds.verify(shrunk, merged[name], input_size)
-        if not errors[name]["max_rel"] <= MERGE_TOLERANCE:
-            raise ds.MergeError(
-                f"merged {name!r} differs from the network it replaces: max relative error "
-                f"{errors[name]['max_rel']:.3g} > {MERGE_TOLERANCE:g}; a bug in ds.merge, "
-                "not something to time")
+        record = ds.meta.info(merged[name])
+        errors[name] = {"max_abs": record.merge_max_abs, "max_rel": record.merge_max_rel}
     return merged, errors
