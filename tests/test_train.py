@@ -159,3 +159,15 @@ def test_resumed_search_gives_the_same_score_trajectory(tmp_path):
     ckpt = train.load_checkpoint(parts / "checkpoint.pt")
     assert ckpt["hooks"] == "search" and ckpt["search"]["settings"]["budget"] == 6
     assert not any("gate" in key for key in ckpt["model"])
+
+
+@pytest.mark.skipif(not (os.environ.get("DS_DATA") and Path(os.environ["DS_DATA"], "cifar10-jpeg.tar.xz").is_file()),
+                    reason="DS_DATA does not hold cifar10-jpeg.tar.xz")
+def test_cli_trains_cifar10_at_16_px_like_the_study(tmp_path):
+    """--input-size 16 resizes CIFAR-10 as the study's profiles do (ds.data.prepare), same subset."""
+    assert main(["--backbone", TINY, "--dataset", "cifar10", "--input-size", "16", "--epochs", "1",
+                 "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--no-progress", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    ckpt = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["meta"]["input_size"] == 16 and ckpt["steps_per_epoch"] == 2
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1]
