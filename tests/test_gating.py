@@ -1,4 +1,7 @@
 import json
+import sys
+import types
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -125,9 +128,6 @@ def test_sensitivity_ranking_has_the_same_interface(tiny_model, fake_data):
 
 def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
     """With a stand-in for ds.bench.measure: one merged variant per searched block, saved = base - variant."""
-    import sys
-    import types
-    from dataclasses import dataclass
 
     @dataclass
     class Timing:

@@ -3,12 +3,16 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import ds
 from ds import train
+from ds.data import DataError, fake_dataset
+from ds.loaders import DeviceLoader
 from ds.meta import info
 from ds.paths import get_module
 from ds.train.cli import main
@@ -92,7 +96,6 @@ def test_bad_input_is_explained(tmp_path, args, error, match):
 
 
 def test_missing_dataset_names_ds_data(tmp_path, monkeypatch):
-    from ds.data import DataError
     monkeypatch.setenv("DS_DATA", str(tmp_path / "none"))
     with pytest.raises(DataError, match="DS_DATA"):
         main(["--backbone", TINY, "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "o")])
@@ -117,8 +120,6 @@ def test_short_real_cifar10_run(tmp_path):
 
 
 def test_imagefolder_cli(tmp_path):
-    import numpy as np
-    from PIL import Image
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("a", "b"):
@@ -133,8 +134,6 @@ def test_imagefolder_cli(tmp_path):
 
 
 def test_fit_api_with_bf16_autocast_and_ema(tiny_model, tmp_path):
-    from ds.data import fake_dataset
-    from ds.loaders import DeviceLoader
     d = fake_dataset(64, 32, size=TINY_SIZE)
     loader = DeviceLoader(d.train_images, d.train_labels, 32, d.mean, d.std, train=True)
     test = DeviceLoader(d.test_images, d.test_labels, 32, d.mean, d.std, train=False)
