@@ -149,6 +149,19 @@ class GateSearch(FitHooks):
         for scores in torch.stack(self._epoch_scores).cpu().tolist() if self._epoch_scores else []:
             self.trajectory.append([len(self.trajectory)] + scores)
         self._epoch_scores = []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._check_processes_agree(epoch)
+
+    def _check_processes_agree(self, epoch: int) -> None:
+        """Every process must hold rank 0's scores (they are trained outside DDP)."""
+        reference = self.gates.scores.detach().clone()
+        torch.distributed.broadcast(reference, 0)
+        differs = torch.tensor([float(not torch.equal(reference, self.gates.scores.detach()))],
+                               device=reference.device)
+        torch.distributed.all_reduce(differs)
+        if differs.item():
+            raise RuntimeError(f"after epoch {epoch + 1} the processes hold different gate scores: their "
+                               f"gradients were not averaged (a bug in ds.gating.GateSearch)")
 
     def state_dict(self) -> dict:
         return {"scores": self.gates.scores.detach().cpu(), "optimizer": self.optimizer.state_dict(),
