@@ -277,7 +277,17 @@ def load_latency_table(path: str | Path) -> dict | list:
     Produce it on the target device with `measure_latency_table` (uses ds.bench): for each
     searched block, time of the unmerged network minus time with only that block merged.
     """
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latency table {path} does not exist; make one with ds.gating.measure_latency_table")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"latency table {path} is not valid JSON ({error})") from None
+    if not isinstance(table, (dict, list)):
+        raise ValueError(f"latency table {path} holds a {type(table).__name__}: it must be an object "
+                         f'{{"<switch index or block path>": seconds}} or a list in search order')
+    return table
 
 
 def measure_latency_table(model: nn.Module, input_size: int, batch: int = 128, device="cuda",

@@ -146,3 +146,14 @@ def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
     assert set(table) == {str(i) for i in range(1, 18)} and calls["input_size"] == TINY_SIZE
     assert table["5"] == pytest.approx(0.05)
     assert gating.latency_vector(table, gating.searchable_switches(tiny_model))[4] == pytest.approx(0.05)
+
+
+def test_bad_latency_tables_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="latency table .*none.json does not exist"):
+        gating.load_latency_table(tmp_path / "none.json")
+    (tmp_path / "broken.json").write_text("{1: ")
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        gating.load_latency_table(tmp_path / "broken.json")
+    (tmp_path / "number.json").write_text("3.5")
+    with pytest.raises(ValueError, match="number.json holds a float"):
+        gating.load_latency_table(tmp_path / "number.json")
