@@ -66,6 +66,8 @@ def test_fit_resume_compares_the_configuration(tiny_model, tmp_path):
     loader = DeviceLoader(d.train_images, d.train_labels, 32, d.mean, d.std, train=True)
     cfg = train.TrainConfig(epochs=2, lr=0.01, progress=False, stop_after_epoch=1)
     train.fit(tiny_model, loader, None, cfg, out_dir=tmp_path)
+    with pytest.raises(FileExistsError, match="resume=False would overwrite it"):
+        train.fit(tiny_model, loader, None, cfg, out_dir=tmp_path)
     with pytest.raises(train.ResumeMismatch, match=r"lr: saved 0.01, now 0.02.*warmup_epochs: saved 1.0, now 0"):
         train.fit(tiny_model, loader, None, dataclasses.replace(cfg, lr=0.02, warmup_epochs=0), out_dir=tmp_path,
                   resume=True)

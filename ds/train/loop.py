@@ -62,7 +62,8 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
     """Train `model` in place; with `out_dir`, write checkpoint.pt and metrics.csv every epoch.
 
     teacher: enables self-distillation (cfg.distill_alpha * soft CE + rest * CE).
-    resume: continue from out_dir/checkpoint.pt when there is one (else start at epoch 1). The
+    resume: continue from out_dir/checkpoint.pt when there is one (else start at epoch 1; without
+      resume an existing checkpoint is an error, never overwritten). The
       checkpoint must come from the same run: `ds.train.resume` lists what may differ; anything
       else raises ResumeMismatch with the differences.
     meta: what the network is (default `ds.meta.info(model)`); saved in and checked against checkpoints.
@@ -79,6 +80,9 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batch: lower the batch size or use more data")
+    if not resume and ckpt_path is not None and ckpt_path.is_file():
+        raise FileExistsError(f"{ckpt_path} exists and resume=False would overwrite it: pass resume=True to "
+                              f"continue it, or remove it / choose another out_dir to start over")
 
     model, teacher = _to_device(model, dist.device, channels_last), _frozen(teacher, dist.device, channels_last)
     parts = _parts(model, cfg, len(train_loader), dist.device)
