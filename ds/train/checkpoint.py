@@ -7,7 +7,6 @@ wherever only weights are read.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
