@@ -218,6 +218,8 @@ def check_same_arguments(args, ckpt: dict, path: Path) -> None:
     saved = (ckpt.get("extra") or {}).get("cli") or (ckpt.get("meta") or {}).get("args")
     if saved is None:   # made by the library (e.g. the study): fit compares the training settings
         return
+    if saved.get("device") is None:   # older versions spelled the default device None
+        saved = dict(saved, device="auto")
     now = vars(args)
     differences = {f"--{key.replace('_', '-')}": (saved.get(key), now.get(key))
                    for key in sorted(saved.keys() | now.keys())
