@@ -11,7 +11,6 @@ Uses $DS_DATA's CIFAR-10 when present, else the synthetic set of the same size.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkou
 import ds  # noqa: E402
 from ds import data  # noqa: E402
 from ds.loaders import DeviceLoader  # noqa: E402
+from ds.provenance import describe_device, resolve_device  # noqa: E402
 from ds.train import TrainConfig, fit  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="mobilenetv2_140")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit-train", type=int, default=None, help="images per epoch (default: all 50k)")
@@ -43,11 +43,11 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     try:
         dataset, source = data.load_cifar10(), "CIFAR-10 (JPEG copy)"
-    except data.DataError:
+    except data.DataNotFound:   # only a missing CIFAR-10 falls back; a broken one raises
         dataset, source = data.fake_dataset(50000, 16), "synthetic (DS_DATA has no CIFAR-10)"
     if args.limit_train:
         dataset = dataset.limit(args.limit_train)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = ds.create_model(args.backbone, num_classes=10, input_size=32)
     channels_last = bool(args.channels_last) if args.channels_last is not None else device.type == "cuda"
@@ -55,7 +55,7 @@ def main() -> None:
                           train=True, device=device, channels_last=channels_last)
     cfg = TrainConfig(epochs=args.epochs, lr=0.1, warmup_epochs=0, amp=args.amp, channels_last=channels_last,
                       progress=False, compile=args.compile)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    name = describe_device(device)
     print(f"{args.backbone} on {source}: {loader.num_samples} images/epoch, batch {args.batch_size}, "
           f"device {name}, amp {args.amp}, channels_last {channels_last}, torch {torch.__version__}")
     start = time.perf_counter()

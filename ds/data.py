@@ -8,14 +8,18 @@ Where data is looked for: the directory `DS_DATA` names, else `data/` in the rep
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +32,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class DataError(RuntimeError):
     """A dataset is missing or malformed; the message names DS_DATA, the accepted layouts and what was found."""
+
+
+class DataNotFound(DataError):
+    """No data of any accepted layout is there at all (as opposed to data that is there but broken)."""
 
 
 @dataclass
@@ -90,13 +98,14 @@ def _describe(root: Path) -> str:
 
 
 def _missing(dataset: str, root: Path, layouts: list[str], problem: str = "") -> DataError:
+    """The error for `dataset` under `root`: DataNotFound when `problem` is empty (nothing there)."""
     env = os.environ.get("DS_DATA")
     where = f"DS_DATA={env}" if env else f"DS_DATA is unset, so the default {REPO_ROOT / 'data'} was used"
     lines = [f"{dataset}: {problem or 'no data found'} in {root} ({where}).",
              "Accepted layouts:"] + [f"  - {lay}" for lay in layouts] + [
              f"Found: {_describe(root)}.",
              "Fix: set DS_DATA to the directory holding one of these layouts (or pass download=True / --download where the network allows)."]
-    return DataError("\n".join(lines))
+    return (DataError if problem else DataNotFound)("\n".join(lines))
 
 
 def channel_stats(images: np.ndarray, chunk: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -277,7 +286,8 @@ def fake_dataset(n_train: int = 512, n_test: int = 256, num_classes: int = 10, s
     """A learnable synthetic dataset: one smooth random template per class plus noise (for tests)."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(40, 215, size=(num_classes, 4, 4, 3))
-    templates = coarse.repeat(size // 4, axis=1).repeat(size // 4, axis=2)
+    cell = -(-size // 4)   # ceil: any size, cropped below
+    templates = coarse.repeat(cell, axis=1).repeat(cell, axis=2)[:, :size, :size]
 
     def draw(n):
         labels = rng.integers(0, num_classes, size=n)
@@ -289,6 +299,54 @@ def fake_dataset(n_train: int = 512, n_test: int = 256, num_classes: int = 10, s
     mean, std = channel_stats(train_images)
     return ArrayDataset("fake", train_images, train_labels, test_images, test_labels,
                         tuple(f"class_{i}" for i in range(num_classes)), mean, std)
+
+
+# ---------------------------------------------------------------- prepared for a run
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC images resized to `size` x `size` with area interpolation (a box filter when shrinking)."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def prepare(dataset: str, data_dir: str | os.PathLike | None, input_size: int, limit_train: int | None = None,
+            limit_test: int | None = None, seed: int = 0) -> ArrayDataset:
+    """A dataset ready for a run: loaded, subset (`ArrayDataset.limit`) and resized to `input_size`.
+
+    dataset: cifar10, cifar100, fake, or auto: CIFAR-10 when `data_dir` (else $DS_DATA, else the
+    repository's data/) holds it, else the synthetic set with a warning. Only "no CIFAR-10 there at
+    all" falls back; CIFAR-10 data that is there but broken raises its DataError. The synthetic set
+    has `limit_train or 512` / `limit_test or 256` images drawn at `input_size`; real images are
+    resized with area interpolation when `input_size` differs from their stored size.
+    """
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+        raise DataError(f"input_size must be a positive int (pixels of the square image), got {input_size!r}")
+    for name, value in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
+            raise DataError(f"{name} must be a positive int or None (all images), got {value!r}")
+    input_size = int(input_size)
+
+    def synthetic():
+        return fake_dataset(limit_train or 512, limit_test or 256, size=input_size, seed=seed)
+
+    if dataset == "fake":
+        return synthetic()
+    if dataset not in ("auto", "cifar10", "cifar100"):
+        raise DataError(f"unknown dataset {dataset!r}: choose cifar10, cifar100, fake or auto")
+    try:
+        loaded = load_dataset("cifar10" if dataset == "auto" else dataset, data_dir)
+    except DataNotFound as err:
+        if dataset != "auto":
+            raise
+        warnings.warn(f"dataset 'auto': no CIFAR-10 found, so the synthetic dataset is used instead "
+                      f"(its name is 'fake').\n{err}", stacklevel=2)
+        return synthetic()
+    loaded = loaded.limit(limit_train, limit_test, seed=seed)
+    if loaded.train_images.shape[1:3] != (input_size, input_size):
+        loaded = dataclasses.replace(loaded, train_images=resize_images(loaded.train_images, input_size),
+                                     test_images=resize_images(loaded.test_images, input_size))
+    return loaded
 
 
 # ---------------------------------------------------------------- ImageFolder

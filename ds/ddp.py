@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ds.provenance import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,21 +26,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init(device: str | None = None) -> DistInfo:
+def init(device: str | None = "auto") -> DistInfo:
     """Join the process group when started by torchrun (NCCL on GPU, gloo on CPU); else one process.
 
-    device: "cpu", "cuda" or None (cuda when available). Under torchrun on GPU each process
-    takes the GPU of its LOCAL_RANK.
+    device: "auto" or None (cuda when available), "cpu" or "cuda" (ds.provenance.resolve_device
+    explains a missing GPU). Under torchrun on GPU each process takes the GPU of its LOCAL_RANK.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    resolved = resolve_device(device or "auto")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return DistInfo(device=torch.device(device))
+        return DistInfo(device=resolved)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
+    if resolved.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -21,8 +21,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn as nn
+
+from ds import ddp
+from ds.merging import merge
+from ds.paths import get_module, set_module
+from ds.shrink import apply_pattern
+from ds.switches import switches
+from ds.train import FitHooks, TrainConfig, evaluate, fit
 
 
 class GateScores(nn.Module):
@@ -68,7 +76,10 @@ class GateScores(nn.Module):
 
 
 class GatedActivation(nn.Module):
-    """An activation that one block-wide gate switches between act(x) (g = 1) and x (g = 0)."""
+    """An activation that one block-wide gate switches between act(x) (g = 1) and x (g = 0).
+
+    The scores are not a submodule: they live outside the network (held by the search), so the
+    network's state_dict and parameters are those of the network without gates."""
 
     def __init__(self, act: nn.Module, gates: GateScores, index: int):
         super().__init__()
@@ -77,7 +88,7 @@ class GatedActivation(nn.Module):
             act.inplace = False
         self.act = act
         self.index = index
-        object.__setattr__(self, "_gates", gates)   # shared, not a submodule: the model owns it once
+        object.__setattr__(self, "_gates", gates)   # a reference, not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self._gates.gates()[self.index].to(x.dtype)
@@ -86,29 +97,86 @@ class GatedActivation(nn.Module):
 
 def searchable_switches(model: nn.Module) -> list:
     """The switches the search scores: switchable blocks (stem and head are kept)."""
-    from ds import switches
     return [s for s in switches(model) if s.kind == "block" and s.switchable]
 
 
-def add_gates(model: nn.Module, budget: int) -> nn.Module:
-    """A copy of `model` whose searchable blocks' activations are gated; scores at `model.ds_gates`."""
-    from ds.paths import get_module, set_module
+def add_gates(model: nn.Module, budget: int) -> tuple[nn.Module, GateScores]:
+    """(a copy of `model` whose searchable blocks' activations are gated, the gate scores).
 
+    Score i belongs to `searchable_switches(model)[i]`; the copy's parameters and state_dict keys
+    are those of `model`."""
     searched = searchable_switches(model)
     gated = copy.deepcopy(model)
     gates = GateScores(len(searched), budget)
-    gated.ds_gates = gates
-    gated.ds_searched = [s.index for s in searched]
-    gated.ds_num_switches = len(_all_switches(model))
     for i, sw in enumerate(searched):
         for path in sw.act_paths:
             set_module(gated, path, GatedActivation(get_module(gated, path), gates, i))
-    return gated
+    return gated, gates
 
 
-def _all_switches(model):
-    from ds import switches
-    return switches(model)
+class GateSearch(FitHooks):
+    """What the gate search adds to `ds.train.fit`: the scores' Adam, the latency term, the score
+    trajectory (one row per step), and their state under the checkpoint key "search"."""
+    key = "search"
+
+    def __init__(self, gates: GateScores, searched: list[int], gate_lr: float):
+        self.gates, self.searched = gates, list(searched)
+        self.optimizer = torch.optim.Adam(gates.parameters(), lr=gate_lr, weight_decay=0.0)
+        self.trajectory: list[list[float]] = [[0] + gates.scores.detach().cpu().tolist()]
+        self._epoch_scores: list[torch.Tensor] = []
+
+    def settings(self) -> dict:
+        return {"budget": self.gates.budget, "searched": self.searched,
+                "latency_weight": self.gates.latency_weight,
+                "saved_time": [round(v, 12) for v in self.gates.saved_time.cpu().tolist()]}
+
+    def optimizers(self) -> list:
+        return [self.optimizer]
+
+    def loss(self) -> torch.Tensor:
+        return self.gates.latency_penalty()
+
+    def before_step(self) -> None:
+        grad = self.gates.scores.grad   # the scores are outside the DDP-wrapped network: average by hand
+        if grad is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(grad)
+            grad /= torch.distributed.get_world_size()
+
+    def after_step(self) -> None:   # kept on the device: no synchronization per step
+        self._epoch_scores.append(self.gates.scores.detach().clone())
+
+    def end_epoch(self, epoch: int) -> None:
+        for scores in torch.stack(self._epoch_scores).cpu().tolist() if self._epoch_scores else []:
+            self.trajectory.append([len(self.trajectory)] + scores)
+        self._epoch_scores = []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._check_processes_agree(epoch)
+
+    def _check_processes_agree(self, epoch: int) -> None:
+        """Every process must hold rank 0's scores (they are trained outside DDP)."""
+        reference = self.gates.scores.detach().clone()
+        torch.distributed.broadcast(reference, 0)
+        differs = torch.tensor([float(not torch.equal(reference, self.gates.scores.detach()))],
+                               device=reference.device)
+        torch.distributed.all_reduce(differs)
+        if differs.item():
+            raise RuntimeError(f"after epoch {epoch + 1} the processes hold different gate scores: their "
+                               f"gradients were not averaged (a bug in ds.gating.GateSearch)")
+
+    def state_dict(self) -> dict:
+        return {"scores": self.gates.scores.detach().cpu(), "optimizer": self.optimizer.state_dict(),
+                "trajectory": self.trajectory}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.gates.scores.copy_(state["scores"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.trajectory = [list(row) for row in state["trajectory"]]
+
+    def trajectory_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.trajectory, columns=["step"] + [f"block_{i}" for i in self.searched])
+        frame["step"] = frame["step"].astype(int)
+        return frame
 
 
 # ---------------------------------------------------------------- results
@@ -151,28 +219,31 @@ class SearchResult:
             self.trajectory.to_csv(out / "gates.csv", index=False)
 
 
-def _result_from_gates(model: nn.Module, trajectory, method: str = "searched") -> SearchResult:
-    return SearchResult(method, model.ds_num_switches, list(model.ds_searched),
-                        model.ds_gates.scores.detach().cpu().tolist(), trajectory)
-
-
-def search(model: nn.Module, train_loader, test_loader, budget: int, cfg=None, *, out_dir=None,
-           latency=None, latency_weight: float = 0.0, teacher=None, resume: bool = False,
-           dist=None, meta=None) -> SearchResult:
+def search(model: nn.Module, train_loader, test_loader, budget: int, cfg: TrainConfig | None = None, *,
+           out_dir=None, latency=None, latency_weight: float = 0.0, teacher=None, resume: bool = False,
+           dist: ddp.DistInfo | None = None, meta=None, extra: dict | None = None) -> SearchResult:
     """Gate search: scores and weights trained jointly from a trained `model` (not modified).
 
     latency: saved time per searched block (list in search order, or dict keyed by switch index
     or block path; see `load_latency_table`), used with `latency_weight` > 0.
-    Writes checkpoint.pt, metrics.csv, gates.csv and patterns.json to `out_dir` when given.
+    Writes checkpoint.pt (the scores under "search"), metrics.csv, gates.csv and patterns.json to
+    `out_dir` when given; `resume`, `dist`, `meta` and `extra` as in `ds.train.fit` (a resume with
+    another budget or latency term is refused).
     """
-    from ds.train import TrainConfig, fit
-
-    gated = add_gates(model, budget)
+    cfg = cfg or TrainConfig()
+    if cfg.ema_decay:
+        raise ValueError("the gate search does not keep an EMA (its gates live outside the network): "
+                         "set ema_decay=None (CLI: drop --ema-decay) for the search")
+    searched = searchable_switches(model)
+    gated, gates = add_gates(model, budget)
     if latency is not None and latency_weight:
-        gated.ds_gates.set_latency(latency_vector(latency, searchable_switches(model)), latency_weight)
-    result = fit(gated, train_loader, test_loader, cfg or TrainConfig(), out_dir=out_dir,
-                 teacher=teacher, resume=resume, dist=dist, meta=meta)
-    search_result = _result_from_gates(result.model, result.gate_trajectory)
+        gates.set_latency(latency_vector(latency, searched), latency_weight)
+    device = dist.device if dist is not None else next(model.parameters()).device
+    hooks = GateSearch(gates.to(device), [s.index for s in searched], cfg.gate_lr)
+    result = fit(gated, train_loader, test_loader, cfg, out_dir=out_dir, teacher=teacher, resume=resume,
+                 dist=dist, meta=meta, hooks=hooks, extra=extra)
+    search_result = SearchResult("searched", len(switches(model)), hooks.searched,
+                                 gates.scores.detach().cpu().tolist(), hooks.trajectory_frame())
     search_result.extra["metrics"] = result.metrics
     if out_dir is not None and (dist is None or dist.is_main):
         search_result.write(out_dir)
@@ -206,7 +277,17 @@ def load_latency_table(path: str | Path) -> dict | list:
     Produce it on the target device with `measure_latency_table` (uses ds.bench): for each
     searched block, time of the unmerged network minus time with only that block merged.
     """
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latency table {path} does not exist; make one with ds.gating.measure_latency_table")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"latency table {path} is not valid JSON ({error})") from None
+    if not isinstance(table, (dict, list)):
+        raise ValueError(f"latency table {path} holds a {type(table).__name__}: it must be an object "
+                         f'{{"<switch index or block path>": seconds}} or a list in search order')
+    return table
 
 
 def measure_latency_table(model: nn.Module, input_size: int, batch: int = 128, device="cuda",
@@ -218,15 +299,14 @@ def measure_latency_table(model: nn.Module, input_size: int, batch: int = 128, d
     by `ds.bench.measure`; the entry for switch i is base time minus variant time. Save it with
     `json.dump(table, open("latency.json", "w"))` and pass `--latency-table latency.json`.
     """
-    import ds
-    from ds import bench
+    from ds import bench   # optional heavy dependency (runtimes), loaded only to measure
 
-    n = len(ds.switches(model))
-    variants = {"base": ds.merge(ds.apply_pattern(model, [1] * n), input_size=input_size)}
+    n = len(switches(model))
+    variants = {"base": merge(apply_pattern(model, [1] * n), input_size=input_size)}
     for sw in searchable_switches(model):
         pattern = [1] * n
         pattern[sw.index] = 0
-        variants[str(sw.index)] = ds.merge(ds.apply_pattern(model, pattern), input_size=input_size)
+        variants[str(sw.index)] = merge(apply_pattern(model, pattern), input_size=input_size)
     results = bench.measure(variants, input_size, batch, device, **bench_options)
     base = results["base"].seconds_per_batch
     return {key: base - result.seconds_per_batch for key, result in results.items() if key != "base"}
@@ -239,7 +319,7 @@ def random_ranking(model: nn.Module, seed: int = 0) -> SearchResult:
     searched = searchable_switches(model)
     g = torch.Generator().manual_seed(seed)
     scores = torch.rand(len(searched), generator=g).tolist()
-    return SearchResult("random", len(_all_switches(model)), [s.index for s in searched], scores)
+    return SearchResult("random", len(switches(model)), [s.index for s in searched], scores)
 
 
 def random_patterns(model: nn.Module, budget: int, count: int, seed: int = 0) -> list[list[int]]:
@@ -250,10 +330,8 @@ def random_patterns(model: nn.Module, budget: int, count: int, seed: int = 0) ->
 @torch.no_grad()
 def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "off") -> SearchResult:
     """Accuracy drop when one block's activations are removed (no finetuning); bigger drop ranks higher."""
-    from ds.train import evaluate
-
-    gated = add_gates(model, budget=0)
-    gates = gated.ds_gates
+    searched = searchable_switches(model)
+    gated, gates = add_gates(model, budget=0)
     n = gates.scores.numel()
     gates.forced = torch.ones(n)
     base = evaluate(gated, loader, device=device, amp=amp)["acc"]
@@ -263,6 +341,6 @@ def sensitivity_ranking(model: nn.Module, loader, *, device=None, amp: str = "of
         forced[i] = 0.0
         gates.forced = forced
         drops.append(base - evaluate(gated, loader, device=device, amp=amp)["acc"])
-    result = SearchResult("sensitivity", gated.ds_num_switches, list(gated.ds_searched), drops)
+    result = SearchResult("sensitivity", len(switches(model)), [s.index for s in searched], drops)
     result.extra["base_acc"] = base
     return result

@@ -10,11 +10,16 @@ Under DDP each rank takes its shard; `batch_size` is the global batch (split ove
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 
 def _per_rank_batch(batch_size: int, world_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     if batch_size % world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} processes; "
                          f"choose a multiple of {world_size}")
@@ -128,8 +133,6 @@ class FolderLoader:
     def __init__(self, dataset, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
                  seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 4,
                  channels_last: bool = False):
-        from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
-
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.seed = seed
@@ -166,7 +169,6 @@ class FolderLoader:
 
 
 def _seed_worker(worker_id: int) -> None:
-    import random
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -151,3 +151,66 @@ def test_real_cifar10():
     # the statistics of the JPEG copy, measured in ../shared/data/README.md
     assert np.allclose(d.mean, (0.4913, 0.4821, 0.4465), atol=2e-3)
     assert np.allclose(d.std, (0.2452, 0.2428, 0.2606), atol=2e-3)
+
+
+# ---------------------------------------------------------------- prepare
+
+def test_prepare_subsets_and_downsamples_by_area(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=3)
+    full = data.load_cifar10(tmp_path)
+    d = data.prepare("cifar10", tmp_path, 16, limit_train=12, limit_test=5, seed=1)
+    assert d.train_images.shape == (12, 16, 16, 3) and d.test_images.shape == (5, 16, 16, 3)
+    assert d.train_images.dtype == np.uint8 and d.mean == full.mean
+    # same subset as ArrayDataset.limit; area interpolation by 2 is the mean of each 2x2 block
+    sub = full.limit(12, 5, seed=1)
+    blocks = sub.train_images.astype(np.float64).reshape(12, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    assert np.abs(d.train_images.astype(np.float64) - blocks).max() <= 0.5 + 1e-9
+    assert np.array_equal(d.train_labels, sub.train_labels)
+    # the same call gives the same images
+    again = data.prepare("cifar10", tmp_path, 16, limit_train=12, limit_test=5, seed=1)
+    assert np.array_equal(again.train_images, d.train_images)
+
+
+def test_prepare_keeps_stored_size_without_resizing(tmp_path):
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=1)
+    d = data.prepare("cifar10", tmp_path, 32)
+    assert np.array_equal(d.train_images, data.load_cifar10(tmp_path).train_images)
+
+
+def test_prepare_auto_falls_back_to_synthetic_only_when_nothing_is_there(tmp_path):
+    with pytest.warns(UserWarning, match="no CIFAR-10 found"):
+        d = data.prepare("auto", tmp_path, 16, limit_train=40, limit_test=20)
+    assert d.name == "fake" and d.train_images.shape == (40, 16, 16, 3) and len(d.test_labels) == 20
+
+
+def test_prepare_auto_does_not_hide_a_broken_archive(tmp_path):
+    (tmp_path / "cifar10-jpeg.tar.xz").write_bytes(b"not an archive at all")
+    msg = _error(data.prepare, "auto", tmp_path, 16)
+    assert "cannot be read" in msg and "cifar10-jpeg.tar.xz" in msg
+
+
+def test_prepare_cifar10_without_data_raises(tmp_path):
+    with pytest.raises(data.DataNotFound):
+        data.prepare("cifar10", tmp_path, 16)
+
+
+@pytest.mark.parametrize("size", [0, -4, 16.0, "16", True])
+def test_prepare_rejects_bad_sizes(tmp_path, size):
+    assert "input_size must be a positive int" in _error(data.prepare, "fake", tmp_path, size)
+
+
+def test_prepare_rejects_unknown_dataset_and_bad_limits(tmp_path):
+    assert "unknown dataset" in _error(data.prepare, "mnist", tmp_path, 16)
+    assert "limit_train" in _error(data.prepare, "fake", tmp_path, 16, limit_train=0)
+
+
+def test_fake_dataset_any_size():
+    assert data.fake_dataset(4, 2, size=30).train_images.shape == (4, 30, 30, 3)
+
+
+def test_study_load_data_is_prepare(tmp_path):
+    from ds.study.chapter import load_data
+    _write_archive(tmp_path / "cifar10-jpeg.tar.xz", per_class=2)
+    a = load_data("cifar10", str(tmp_path), 16, 8, 4, seed=2)
+    b = data.prepare("cifar10", tmp_path, 16, 8, 4, seed=2)
+    assert np.array_equal(a.train_images, b.train_images) and np.array_equal(a.test_labels, b.test_labels)

@@ -1,4 +1,7 @@
 import json
+import sys
+import types
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -8,7 +11,7 @@ import ds
 from ds import gating
 from ds.loaders import DeviceLoader
 from ds.paths import set_module
-from ds.train import TrainConfig
+from ds.train import ResumeMismatch, TrainConfig, fit
 from train_fixtures import TINY_SIZE, fake_data, tiny_model  # noqa: F401 (fixtures)
 
 
@@ -30,27 +33,36 @@ def test_budget_beyond_the_switchable_blocks_is_refused(tiny_model):
 
 
 def test_straight_through_estimator_gives_every_score_a_gradient(tiny_model):
-    gated = gating.add_gates(tiny_model, budget=8)
+    gated, gates = gating.add_gates(tiny_model, budget=8)
     gated.train()
     x = torch.randn(4, 3, TINY_SIZE, TINY_SIZE)
     torch.nn.functional.cross_entropy(gated(x), torch.tensor([0, 1, 2, 3])).backward()
-    grad = gated.ds_gates.scores.grad
+    grad = gates.scores.grad
     assert grad is not None and grad.shape == (17,) and (grad != 0).all()   # kept and removed blocks alike
 
 
 def test_gates_reproduce_the_network_with_and_without_activations(tiny_model):
     tiny_model.eval()
     x = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
-    all_on = gating.add_gates(tiny_model, budget=17).eval()
+    all_on = gating.add_gates(tiny_model, budget=17)[0].eval()
     assert torch.allclose(all_on(x), tiny_model(x), atol=1e-5)
-    all_off = gating.add_gates(tiny_model, budget=0).eval()
-    linear = gating.add_gates(tiny_model, budget=0)   # same structure, activations replaced by identities
+    all_off = gating.add_gates(tiny_model, budget=0)[0].eval()
+    linear = gating.add_gates(tiny_model, budget=0)[0]   # same structure, activations replaced by identities
     for sw in gating.searchable_switches(tiny_model):
         for path in sw.act_paths:
             set_module(linear, path, torch.nn.Identity())
     assert torch.allclose(all_off(x), linear.eval()(x), atol=1e-5)
     assert not torch.allclose(all_off(x), tiny_model(x), atol=1e-3)
     assert not any(p.data_ptr() == q.data_ptr() for p, q in zip(all_on.parameters(), tiny_model.parameters()))
+
+
+def test_gated_network_has_the_weights_of_the_network_and_no_gate_attributes(tiny_model):
+    """The scores live outside the network: no ds_gates.* keys in its weights or parameters."""
+    gated, gates = gating.add_gates(tiny_model, budget=5)
+    assert gated.state_dict().keys() == tiny_model.state_dict().keys()
+    assert len(list(gated.parameters())) == len(list(tiny_model.parameters()))
+    assert not any(p is gates.scores for p in gated.parameters())
+    assert not [name for name in vars(gated) if name.startswith("ds_") and name != "ds_info"]
 
 
 def test_latency_term_pushes_blocks_that_save_more_time_towards_removal():
@@ -89,6 +101,21 @@ def test_search_trains_scores_and_writes_outputs(tiny_model, fake_data, tmp_path
     assert set(patterns) == {f"searched-k{k}" for k in range(18)}
     assert patterns["searched-k6"] == result.pattern(6) and sum(patterns["searched-k6"]) == 8
     assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "metrics.csv").is_file()
+    # resuming with another budget or latency term is refused, naming it
+    with pytest.raises(ResumeMismatch, match=r"search budget: saved 6, now 5"):
+        gating.search(tiny_model, train, test, budget=5, cfg=cfg, out_dir=tmp_path, resume=True,
+                      latency={str(i): float(i) for i in range(1, 18)}, latency_weight=0.1)
+    with pytest.raises(ResumeMismatch, match=r"search latency_weight: saved 0.1, now 0.0"):
+        gating.search(tiny_model, train, test, budget=6, cfg=cfg, out_dir=tmp_path, resume=True)
+    # a plain training run cannot continue a search's checkpoint
+    with pytest.raises(ResumeMismatch, match=r"made by: saved 'search', now 'plain training'"):
+        fit(tiny_model, train, test, cfg, out_dir=tmp_path, resume=True)
+
+
+def test_search_refuses_an_ema(tiny_model, fake_data):
+    train = DeviceLoader(fake_data.train_images, fake_data.train_labels, 32, fake_data.mean, fake_data.std, train=True)
+    with pytest.raises(ValueError, match="ema_decay=None"):
+        gating.search(tiny_model, train, None, budget=6, cfg=TrainConfig(epochs=1, ema_decay=0.9, progress=False))
 
 
 def test_sensitivity_ranking_has_the_same_interface(tiny_model, fake_data):
@@ -101,9 +128,6 @@ def test_sensitivity_ranking_has_the_same_interface(tiny_model, fake_data):
 
 def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
     """With a stand-in for ds.bench.measure: one merged variant per searched block, saved = base - variant."""
-    import sys
-    import types
-    from dataclasses import dataclass
 
     @dataclass
     class Timing:
@@ -122,3 +146,14 @@ def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
     assert set(table) == {str(i) for i in range(1, 18)} and calls["input_size"] == TINY_SIZE
     assert table["5"] == pytest.approx(0.05)
     assert gating.latency_vector(table, gating.searchable_switches(tiny_model))[4] == pytest.approx(0.05)
+
+
+def test_bad_latency_tables_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="latency table .*none.json does not exist"):
+        gating.load_latency_table(tmp_path / "none.json")
+    (tmp_path / "broken.json").write_text("{1: ")
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        gating.load_latency_table(tmp_path / "broken.json")
+    (tmp_path / "number.json").write_text("3.5")
+    with pytest.raises(ValueError, match="number.json holds a float"):
+        gating.load_latency_table(tmp_path / "number.json")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ds.loaders import DeviceLoader
@@ -61,8 +62,10 @@ def test_cutout_zeroes_a_square(fake_data):
 
 
 def test_bad_batch_size_is_explained(fake_data):
-    import pytest
     with pytest.raises(ValueError, match="divisible"):
         _loader(fake_data, world_size=3)
     with pytest.raises(ValueError, match="fewer than one batch"):
         DeviceLoader(fake_data.train_images[:8], fake_data.train_labels[:8], 32, fake_data.mean, fake_data.std, train=True)
+    for bad in (0, -4, 2.5):
+        with pytest.raises(ValueError, match=f"batch size must be a positive integer, got {bad}"):
+            DeviceLoader(fake_data.train_images, fake_data.train_labels, bad, fake_data.mean, fake_data.std, train=True)

@@ -3,13 +3,19 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import ds
 from ds import train
+from ds.data import DataError, fake_dataset
+from ds.loaders import DeviceLoader
+from ds.meta import info
 from ds.paths import get_module
+from ds.train.cli import main
 from train_fixtures import TINY, TINY_SIZE, tiny_model  # noqa: F401 (fixture)
 
 COMMON = ["--backbone", TINY, "--dataset", "fake", "--input-size", str(TINY_SIZE), "--batch-size", "32",
@@ -19,7 +25,7 @@ COMPARED = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 
 
 def run(*args):
-    assert train.main(COMMON + [str(a) for a in args]) == 0
+    assert main(COMMON + [str(a) for a in args]) == 0
 
 
 def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path):
@@ -32,7 +38,8 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(a[COMPARED + ["ema_test_acc"]], b[COMPARED + ["ema_test_acc"]])
     ckpt = train.load_checkpoint(parts / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and {"model", "optimizer", "scheduler", "scaler", "ema", "rng", "meta"} <= set(ckpt)
-    assert ckpt["meta"]["backbone"] == TINY and ckpt["meta"]["args"]["epochs"] == 2
+    assert ckpt["meta"] == info(train.build_model(TINY, 10, TINY_SIZE)).as_dict()
+    assert ckpt["extra"]["cli"]["epochs"] == 2 and "search" not in ckpt and ckpt["hooks"] is None
     whole_state = train.load_checkpoint(whole / "checkpoint.pt")["model"]
     assert all(torch.equal(v, ckpt["model"][k]) for k, v in whole_state.items())
 
@@ -41,8 +48,8 @@ def test_existing_output_needs_resume_and_a_matching_network(tmp_path):
     run("--epochs", 1, "--out", tmp_path)
     with pytest.raises(FileExistsError, match="--resume"):
         run("--epochs", 1, "--out", tmp_path)
-    with pytest.raises(train.CheckpointMismatch, match=rf"backbone={TINY} pattern=None.*pattern=\[0, 1"):
-        run("--epochs", 2, "--out", tmp_path, "--resume", "--pattern", "DS-A")
+    with pytest.raises(train.ResumeMismatch, match=r"--pattern: saved None, now 'DS-A'"):
+        run("--epochs", 1, "--out", tmp_path, "--resume", "--pattern", "DS-A")
 
 
 def test_finetune_shrunk_network_from_base_with_self_distillation(tmp_path):
@@ -78,9 +85,9 @@ def test_search_cli_writes_gates_and_patterns(tmp_path):
 
 @pytest.mark.parametrize("args, error, match", [
     (["--search-budget", 18], ValueError, "outside 0..17"),
-    (["--search-budget", 3, "--pattern", "DS-A"], ValueError, "exclude each other"),
     (["--pattern", "DS-Z"], ds.PatternError, "unknown pattern name 'DS-Z'"),
     (["--pattern", "0,1,1"], ds.PatternError, "has 19 switches"),
+    (["--pattern", "0,1,2"], ds.PatternError, "pattern has 3 entries but mobilenetv2_035 has 19 switches"),
     (["--init", "missing.pt"], FileNotFoundError, "missing.pt"),
 ])
 def test_bad_input_is_explained(tmp_path, args, error, match):
@@ -89,10 +96,9 @@ def test_bad_input_is_explained(tmp_path, args, error, match):
 
 
 def test_missing_dataset_names_ds_data(tmp_path, monkeypatch):
-    from ds.data import DataError
     monkeypatch.setenv("DS_DATA", str(tmp_path / "none"))
     with pytest.raises(DataError, match="DS_DATA"):
-        train.main(["--backbone", TINY, "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "o")])
+        main(["--backbone", TINY, "--dataset", "cifar10", "--epochs", "1", "--out", str(tmp_path / "o")])
 
 
 def test_schedule_and_weight_decay_groups(tiny_model):
@@ -106,7 +112,7 @@ def test_schedule_and_weight_decay_groups(tiny_model):
 @pytest.mark.skipif(not (os.environ.get("DS_DATA") and Path(os.environ["DS_DATA"], "cifar10-jpeg.tar.xz").is_file()),
                     reason="DS_DATA does not hold cifar10-jpeg.tar.xz")
 def test_short_real_cifar10_run(tmp_path):
-    assert train.main(["--backbone", TINY, "--dataset", "cifar10", "--input-size", "32", "--epochs", "1",
+    assert main(["--backbone", TINY, "--dataset", "cifar10", "--input-size", "32", "--epochs", "1",
                        "--batch-size", "64", "--lr", "0.05", "--limit-train", "512", "--limit-test", "256",
                        "--no-progress", "--out", str(tmp_path)]) == 0
     row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
@@ -114,15 +120,13 @@ def test_short_real_cifar10_run(tmp_path):
 
 
 def test_imagefolder_cli(tmp_path):
-    import numpy as np
-    from PIL import Image
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("a", "b"):
             (tmp_path / "img" / split / cls).mkdir(parents=True)
             for i in range(8):
                 Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "img" / split / cls / f"{i}.png")
-    assert train.main(["--backbone", TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "img"),
+    assert main(["--backbone", TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "img"),
                        "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
                        "--no-progress", "--out", str(tmp_path / "out")]) == 0
     row = pd.read_csv(tmp_path / "out" / "metrics.csv").iloc[0]
@@ -130,8 +134,6 @@ def test_imagefolder_cli(tmp_path):
 
 
 def test_fit_api_with_bf16_autocast_and_ema(tiny_model, tmp_path):
-    from ds.data import fake_dataset
-    from ds.loaders import DeviceLoader
     d = fake_dataset(64, 32, size=TINY_SIZE)
     loader = DeviceLoader(d.train_images, d.train_labels, 32, d.mean, d.std, train=True)
     test = DeviceLoader(d.test_images, d.test_labels, 32, d.mean, d.std, train=False)
@@ -150,5 +152,21 @@ def test_resumed_search_gives_the_same_score_trajectory(tmp_path):
     run("--epochs", 2, "--search-budget", 6, "--out", parts, "--resume")
     pd.testing.assert_frame_equal(pd.read_csv(whole / "gates.csv"), pd.read_csv(parts / "gates.csv"))
     assert json.loads((whole / "patterns.json").read_text()) == json.loads((parts / "patterns.json").read_text())
-    with pytest.raises(train.CheckpointMismatch, match="search_budget"):
-        run("--epochs", 3, "--search-budget", 5, "--out", parts, "--resume")
+    with pytest.raises(train.ResumeMismatch, match="--search-budget: saved 6, now 5"):
+        run("--epochs", 2, "--search-budget", 5, "--out", parts, "--resume")
+    # the scores live in the search's own checkpoint entry, not in the network's weights
+    ckpt = train.load_checkpoint(parts / "checkpoint.pt")
+    assert ckpt["hooks"] == "search" and ckpt["search"]["settings"]["budget"] == 6
+    assert not any("gate" in key for key in ckpt["model"])
+
+
+@pytest.mark.skipif(not (os.environ.get("DS_DATA") and Path(os.environ["DS_DATA"], "cifar10-jpeg.tar.xz").is_file()),
+                    reason="DS_DATA does not hold cifar10-jpeg.tar.xz")
+def test_cli_trains_cifar10_at_16_px_like_the_study(tmp_path):
+    """--input-size 16 resizes CIFAR-10 as the study's profiles do (ds.data.prepare), same subset."""
+    assert main(["--backbone", TINY, "--dataset", "cifar10", "--input-size", "16", "--epochs", "1",
+                 "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--no-progress", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    ckpt = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["meta"]["input_size"] == 16 and ckpt["steps_per_epoch"] == 2
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1]

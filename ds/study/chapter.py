@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ds import data as ds_data
 from ds.loaders import DeviceLoader
@@ -113,28 +112,7 @@ def load_data(dataset: str, data_dir: str | None, input_size: int, limit_train: 
     synthetic set, which the returned dataset's name says). Images are resized (area) when
     `input_size` differs from the stored size, e.g. 16 px for the test profile.
     """
-    def synthetic():
-        return ds_data.fake_dataset(limit_train or 512, limit_test or 256, size=input_size, seed=seed)
-
-    if dataset == "fake":
-        return synthetic()
-    try:
-        dataset_obj = ds_data.load_dataset("cifar10" if dataset == "auto" else dataset, data_dir)
-    except ds_data.DataError:
-        if dataset != "auto":
-            raise
-        return synthetic()
-    dataset_obj = dataset_obj.limit(limit_train, limit_test, seed=seed)
-    if dataset_obj.train_images.shape[1] != input_size:
-        dataset_obj = dataclasses.replace(dataset_obj, train_images=_resize(dataset_obj.train_images, input_size),
-                                          test_images=_resize(dataset_obj.test_images, input_size))
-    return dataset_obj
-
-
-def _resize(images, size: int):
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="area")
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return ds_data.prepare(dataset, data_dir, input_size, limit_train, limit_test, seed)
 
 
 def describe_data(dataset: ds_data.ArrayDataset) -> str:

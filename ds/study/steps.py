@@ -49,7 +49,7 @@ def train_base(ch: Chapter, backbone: str, num_classes: int, input_size: int, tr
         model = build_model(backbone, num_classes, input_size, init=base_checkpoint).to(ch.device)
         test = evaluate(model, test_loader)
         base_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), "meta": model.ds_meta, "epoch": -1}, base_dir / CHECKPOINT)
+        save_checkpoint({"model": model.state_dict(), "meta": ds.meta.info(model).as_dict(), "epoch": -1}, base_dir / CHECKPOINT)
         metrics = pd.DataFrame([{"epoch": 0, "test_loss": test["loss"], "test_acc": test["acc"],
                                  "source": str(base_checkpoint)}])
         metrics.to_csv(base_dir / METRICS, index=False)
@@ -57,7 +57,7 @@ def train_base(ch: Chapter, backbone: str, num_classes: int, input_size: int, tr
         return pd.read_csv(base_dir / METRICS)
     model = build_model(backbone, num_classes, input_size)
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=ch.seed)
-    return train(model, train_loader, test_loader, cfg, base_dir, meta=model.ds_meta).metrics
+    return train(model, train_loader, test_loader, cfg, base_dir, meta=ds.meta.info(model)).metrics
 
 
 def load_base(ch: Chapter, backbone: str, num_classes: int, input_size: int):
@@ -154,7 +154,7 @@ def finetune_patterns(ch: Chapter, backbone: str, num_classes: int, input_size: 
             before = evaluate(model, test_loader)["acc"]
             cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, distill_alpha=distill_alpha, seed=ch.seed)
             metrics = train(model, train_loader, test_loader, cfg, finetune_dir(ch.run_dir, name, distill),
-                            teacher=teacher if distill else None, meta=model.ds_meta).metrics
+                            teacher=teacher if distill else None, meta=ds.meta.info(model)).metrics
             rows.append({"pattern": name, "removed_blocks": removed_blocks(teacher, pattern), "distill": distill,
                          "acc_before": before, "acc": metrics["test_acc"].iloc[-1],
                          "pattern_bits": "".join(map(str, pattern))})
