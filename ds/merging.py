@@ -16,12 +16,14 @@ from .paths import get_module, set_module
 
 MERGE_TOLERANCE = 1e-4  # relative error allowed in float32
 # Relative error allowed by the parameters' dtype. Merged weights are composed in float64 and
-# rounded once to the model's dtype; in float32 that costs < 4e-5 on the paper's patterns. In
-# bfloat16 / float16 the rounding of the merged weights alone moved the output of a calibrated
-# mobilenetv2_140 (CIFAR, DS-A/C/F, with and without final_act) by up to MEASURED_BF16 /
-# MEASURED_FP16 of its scale; the tolerances leave about a 3x margin over that.
+# rounded once to the model's dtype. Measured with ds.verify (float32 arithmetic) on mobilenetv2_140,
+# mobilenetv2_035, tv_mobilenet_v2 (DS-A, DS-C, DS-F) and efficientnet_lite0 (every other block
+# removed), with and without final_act (DS-F with it only), BatchNorm calibrated on random images, 32 px: the largest
+# error was 3.2e-5 in float32, 1.4e-1 in bfloat16 and 3.1e-2 in float16 (the rounding of the merged
+# weights alone: 8 and 11 bits of mantissa). The low-precision tolerances leave about 3x over that;
+# to check a low-precision merge at float32's tolerance, merge a float32 copy and cast the result.
 MERGE_TOLERANCES = {torch.float32: MERGE_TOLERANCE, torch.float64: 1e-9,
-                    torch.bfloat16: 0.2, torch.float16: 0.06}
+                    torch.bfloat16: 0.4, torch.float16: 0.1}
 
 
 def merge(model: nn.Module, *, merge_depthwise_separable: bool = False, verify: bool = True,
