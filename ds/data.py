@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.datasets import ImageFolder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,8 +170,6 @@ _CIFAR10_LAYOUTS = [
 
 
 def _decode_cifar10_archive(archive: Path, root: Path) -> dict[str, np.ndarray]:
-    from PIL import Image
-
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -363,8 +365,6 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = False)
 
 
 def _download_torchvision(cls_name: str, root: Path, folder: str, dataset: str, layouts: list[str]) -> dict:
-    import torchvision
-
     target = cache_dir(root)
     try:
         getattr(torchvision.datasets, cls_name)(str(target), train=True, download=True)
@@ -459,9 +459,6 @@ _IMAGEFOLDER_LAYOUTS = ["<dir>/train/<class>/*.jpg and <dir>/val/<class>/*.jpg (
 
 def imagefolder_datasets(path: str | os.PathLike, input_size: int = 224):
     """(train, val) torchvision ImageFolders with the standard ImageNet pipeline at `input_size`."""
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
-
     root = Path(path)
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:
