@@ -359,8 +359,9 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = False)
     try:
         with open(folder / "meta", "rb") as f:
             classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"])
-    except (OSError, KeyError, pickle.UnpicklingError):
-        pass
+    except (OSError, KeyError, pickle.UnpicklingError, EOFError) as err:
+        warnings.warn(f"CIFAR-100 class names cannot be read from {folder / 'meta'} ({type(err).__name__}: {err}); "
+                      f"using class_0..class_99", stacklevel=2)
     return _array_dataset("cifar100", arrays, classes)
 
 

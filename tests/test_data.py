@@ -289,3 +289,16 @@ def test_study_load_data_is_prepare(tmp_path):
 
 def test_repr_is_a_summary():
     assert repr(data.fake_dataset(8, 4, size=16)) == "ArrayDataset('fake': 8 train / 4 test images of 16x16 px, 10 classes)"
+
+
+def test_cifar100_without_class_names_says_so(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"fine_labels": [0, 1, 2, 99]}, f)
+    with pytest.warns(UserWarning, match="class names cannot be read"):
+        d = data.load_cifar100(tmp_path)
+    assert d.classes[99] == "class_99" and d.train_images.shape == (4, 32, 32, 3)
