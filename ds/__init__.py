@@ -1,5 +1,7 @@
 """DepthShrinker, reproduced: remove activations from inverted-residual networks, merge the
 now-linear blocks into dense convs, and measure what it buys."""
+import importlib
+
 from .cost import macs, params
 from .errors import MergeError, PatternError, UnsupportedModelError
 from .merging import MERGE_TOLERANCE, merge, verify
@@ -9,13 +11,12 @@ from .shrink import apply_pattern
 from .switches import Switch, switches
 
 # Training-side modules load on first use (ds.train.fit, ds.gating.search, ds.data.load_cifar10):
-# importing ds stays light, and `python -m ds.train` does not find ds.train already imported.
+# `python -m ds.train` does not find ds.train already imported, and `import ds` does not load them.
 _LAZY_SUBMODULES = {"data", "loaders", "train", "distill", "gating", "ddp", "bench"}
 
 
 def __getattr__(name):
     if name in _LAZY_SUBMODULES:
-        import importlib
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

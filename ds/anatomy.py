@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from timm.models.efficientnet import EfficientNet
 from torch import nn
+from torchvision.models import MobileNetV2
+from torchvision.models.mobilenetv2 import InvertedResidual
 
 from .errors import UnsupportedModelError
 from .linear import LinearRun
@@ -75,10 +78,6 @@ def parse_units(model: nn.Module) -> list[Unit]:
 # --- timm EfficientNet family -------------------------------------------------------------
 
 def _is_timm_efficientnet(model: nn.Module) -> bool:
-    try:
-        from timm.models.efficientnet import EfficientNet
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return False
     return isinstance(model, EfficientNet)
 
 
@@ -138,7 +137,6 @@ def _read_timm_efficientnet(model: nn.Module) -> list[Unit]:
 # --- torchvision MobileNetV2 ----------------------------------------------------------------
 
 def _is_torchvision_mobilenet_v2(model: nn.Module) -> bool:
-    from torchvision.models import MobileNetV2
     return isinstance(model, MobileNetV2)
 
 
@@ -170,8 +168,6 @@ def _torchvision_ops(model: nn.Module, path: str) -> tuple[ConvNorm, ...]:
 
 
 def _read_torchvision_mobilenet_v2(model: nn.Module) -> list[Unit]:
-    from torchvision.models.mobilenetv2 import InvertedResidual
-
     last = len(model.features) - 1
     units = []
     for index, block in enumerate(model.features):

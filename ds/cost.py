@@ -1,16 +1,26 @@
 """Cost of a network: multiply-accumulates and parameter count."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 
 def image_size(input_size) -> tuple[int, int]:
-    """(height, width) from an int or a (height, width) pair."""
-    if isinstance(input_size, int):
-        return input_size, input_size
-    height, width = input_size
-    return int(height), int(width)
+    """(height, width) from a positive int or a (height, width) pair of positive ints.
+
+    Anything else (0, negative sizes, floats, strings, pairs of another length) is a ValueError
+    that names the value and what is accepted.
+    """
+    def positive(value) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value > 0
+
+    if positive(input_size):
+        return int(input_size), int(input_size)
+    if isinstance(input_size, (tuple, list)) and len(input_size) == 2 and all(map(positive, input_size)):
+        return int(input_size[0]), int(input_size[1])
+    raise ValueError(f"input_size must be a positive int (a square image) or a (height, width) pair of "
+                     f"positive ints, e.g. 32 or (224, 160); got {input_size!r}")
 
 
 def input_shape(model: nn.Module, input_size) -> tuple[int, int, int, int]:

@@ -4,12 +4,18 @@ Small datasets (CIFAR-10/100, a synthetic one for tests) are returned as uint8 a
 (`ArrayDataset`) that `ds.loaders.DeviceLoader` keeps whole on the device. ImageNet-style data
 is a torchvision ImageFolder with the standard 224 pipeline (`imagefolder_datasets`).
 
-Where data is looked for: the directory `DS_DATA` names, else `data/` in the repository root.
+Where data is looked for: the directory `DS_DATA` names, else `data/` in the repository root,
+which ships CIFAR-10 as `cifar10-jpeg.tar.xz` (data/README.md). The archive's sha256 is checked
+before first use; decoded arrays are cached in `<data dir>/cache`, else the repository's
+`data/cache`, else `~/.cache/ds`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -20,10 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.datasets import ImageFolder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CIFAR10_ARCHIVE = "cifar10-jpeg.tar.xz"
+# sha256 of the archive shipped in data/ (data/README.md); an archive of your own: write its sha256
+# to `cifar10-jpeg.tar.xz.sha256` beside it (sha256sum's format) and that is checked instead.
+CIFAR10_SHA256 = "02c1c449af081d88518339da0b61ad3ca42f9f1c6d00390c1e3c470eb4b4e0c2"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +67,11 @@ class ArrayDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def __repr__(self) -> str:
+        size = "x".join(str(v) for v in self.train_images.shape[1:3])
+        return (f"ArrayDataset({self.name!r}: {len(self.train_labels)} train / {len(self.test_labels)} test "
+                f"images of {size} px, {self.num_classes} classes)")
+
     def limit(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "ArrayDataset":
         """A random subset (same subset for the same seed); statistics stay those of the full set."""
         rng = np.random.default_rng(seed)
@@ -73,18 +91,30 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else REPO_ROOT / "data"
 
 
+def _cache_candidates(root: Path) -> list[Path]:
+    """Where caches may live, in order: beside the data, the repository's data/cache, the user cache."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ds"
+    out = []
+    for candidate in (root / "cache", REPO_ROOT / "data" / "cache", user):
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
 def cache_dir(root: Path) -> Path:
-    """`<root>/cache` if it can be written, else `data/cache` in the repository root."""
-    for candidate in (root / "cache", REPO_ROOT / "data" / "cache"):
+    """The first writable of `<root>/cache`, the repository's `data/cache` and `~/.cache/ds`."""
+    tried = []
+    for candidate in _cache_candidates(root):
         try:
             candidate.mkdir(parents=True, exist_ok=True)
             probe = candidate / f".write-test-{os.getpid()}"
             probe.touch()
             probe.unlink()
             return candidate
-        except OSError:
-            continue
-    raise DataError(f"no writable cache directory: tried {root / 'cache'} and {REPO_ROOT / 'data' / 'cache'}")
+        except OSError as err:
+            tried.append(f"{candidate} ({err.strerror or err})")
+    raise DataError("no writable cache directory for the decoded dataset; tried: " + "; ".join(tried)
+                    + ". Fix: make one of them writable, or set XDG_CACHE_HOME to a writable directory.")
 
 
 def _describe(root: Path) -> str:
@@ -104,7 +134,8 @@ def _missing(dataset: str, root: Path, layouts: list[str], problem: str = "") ->
     lines = [f"{dataset}: {problem or 'no data found'} in {root} ({where}).",
              "Accepted layouts:"] + [f"  - {lay}" for lay in layouts] + [
              f"Found: {_describe(root)}.",
-             "Fix: set DS_DATA to the directory holding one of these layouts (or pass download=True / --download where the network allows)."]
+             f"Fix: set DS_DATA to the directory holding one of these layouts, or unset it to use the repository's "
+             f"data/{CIFAR10_ARCHIVE} (or pass download=True / --download where the network allows)."]
     return (DataError if problem else DataNotFound)("\n".join(lines))
 
 
@@ -139,8 +170,6 @@ _CIFAR10_LAYOUTS = [
 
 
 def _decode_cifar10_archive(archive: Path, root: Path) -> dict[str, np.ndarray]:
-    from PIL import Image
-
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -202,18 +231,94 @@ def _read_torchvision_cifar(folder: Path, root: Path, dataset: str, layouts: lis
         raise _missing(dataset, root, layouts, f"{folder.name}/ cannot be read ({type(err).__name__}: {err})") from err
 
 
-def _load_cached(name: str, source: Path, root: Path, build) -> dict[str, np.ndarray]:
-    """Arrays of `name` from the uint8 cache, building (and caching) them from `source` when needed."""
-    cache = cache_dir(root) / f"{name}-uint8-v2-{source.stat().st_size}.npz"   # v2: holds mean/std
-    if cache.exists():
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _expected_sha256(archive: Path) -> str:
+    """The sha256 that `archive` must have: from `<archive>.sha256` beside it, else CIFAR10_SHA256."""
+    sidecar = archive.with_name(archive.name + ".sha256")
+    if not sidecar.is_file():
+        return CIFAR10_SHA256
+    words = sidecar.read_text().split()
+    if not words or len(words[0]) != 64 or any(c not in "0123456789abcdef" for c in words[0].lower()):
+        raise DataError(f"{sidecar} does not start with a sha256 (64 hex digits). Fix: write "
+                        f"`sha256sum {archive.name} > {sidecar.name}` in {archive.parent}, or delete it "
+                        f"to check against the shipped archive's sha256.")
+    return words[0].lower()
+
+
+def verify_archive(archive: Path) -> str:
+    """`archive`'s sha256, checked against the expected one; a mismatch is a DataError.
+
+    Hashing 18.6 MB takes 0.03 to 0.1 s here, so a check is remembered: `cache/<name>.verified.json`
+    records path, size, modification time and sha256, and a later call whose archive has the same
+    path, size and modification time does not hash it again.
+    """
+    expected = _expected_sha256(archive)
+    stat = archive.stat()
+    key = {"path": str(archive.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected}
+    stamps = [c / f"{archive.name}.verified.json" for c in _cache_candidates(archive.parent)]
+    for stamp in stamps:
         try:
-            with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
-            cache.unlink(missing_ok=True)   # a torn cache file: rebuild it
+            if json.loads(stamp.read_text()) == key:
+                return expected
+        except (OSError, ValueError):
+            continue   # no stamp or an unreadable one: hash the archive
+    actual = _sha256(archive)
+    if actual != expected:
+        raise DataError(
+            f"{archive} is corrupt or not the expected file: its sha256 is {actual}, expected {expected}.\n"
+            f"Fix: restore it (in a clone of the repository: `git checkout -- data/{archive.name}`), or set "
+            f"DS_DATA to a directory holding a good copy. For an archive of your own, write its sha256 "
+            f"to {archive.name}.sha256 beside it. No data was loaded.")
+    stamp = cache_dir(archive.parent) / f"{archive.name}.verified.json"
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(key))
+    os.replace(tmp, stamp)
+    return actual
+
+
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "mean", "std")
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, or None (with a warning) when it cannot be read whole."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in _CACHE_KEYS}
+        if arrays["train_images"].shape[0] != arrays["train_labels"].shape[0] or \
+                arrays["test_images"].shape[0] != arrays["test_labels"].shape[0]:
+            raise ValueError("images and labels differ in length")
+        return arrays
+    except Exception as err:   # a torn or foreign file fails in many ways (BadZipFile, KeyError, ...)
+        warnings.warn(f"the dataset cache {path} cannot be read ({type(err).__name__}: {err}); "
+                      f"rebuilding it from the archive", stacklevel=3)
+        return None
+
+
+def _load_cached(name: str, archive: Path, build) -> dict[str, np.ndarray]:
+    """Arrays of `name` from the uint8 cache of `archive` (checked by sha256), built and cached when needed.
+
+    The cache is keyed by the archive's sha256 and read from any cache directory that holds it;
+    an unreadable one is rebuilt (with a warning) into the first writable cache directory.
+    """
+    sha = verify_archive(archive)
+    filename = f"{name}-uint8-v3-{sha[:16]}.npz"   # v3: keyed by sha256, holds mean/std
+    for folder in _cache_candidates(archive.parent):
+        if (folder / filename).is_file():
+            arrays = _read_cache(folder / filename)
+            if arrays is not None:
+                return arrays
+            with contextlib.suppress(OSError):   # read-only: the rebuilt file goes elsewhere
+                (folder / filename).unlink()
     arrays = build()
     arrays["mean"], arrays["std"] = map(np.array, channel_stats(arrays["train_images"]))   # 3 s to recompute
-    _save_npz_atomic(cache, **arrays)
+    _save_npz_atomic(cache_dir(archive.parent) / filename, **arrays)
     return arrays
 
 
@@ -223,7 +328,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     archive = root / CIFAR10_ARCHIVE
     batches = root / "cifar-10-batches-py"
     if archive.is_file():
-        arrays = _load_cached("cifar10", archive, root, lambda: _decode_cifar10_archive(archive, root))
+        arrays = _load_cached("cifar10", archive, lambda: _decode_cifar10_archive(archive, root))
     elif batches.is_dir():
         arrays = _read_torchvision_cifar(batches, root, "CIFAR-10", _CIFAR10_LAYOUTS)
     elif download:
@@ -254,14 +359,13 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = False)
     try:
         with open(folder / "meta", "rb") as f:
             classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"])
-    except (OSError, KeyError, pickle.UnpicklingError):
-        pass
+    except (OSError, KeyError, pickle.UnpicklingError, EOFError) as err:
+        warnings.warn(f"CIFAR-100 class names cannot be read from {folder / 'meta'} ({type(err).__name__}: {err}); "
+                      f"using class_0..class_99", stacklevel=2)
     return _array_dataset("cifar100", arrays, classes)
 
 
 def _download_torchvision(cls_name: str, root: Path, folder: str, dataset: str, layouts: list[str]) -> dict:
-    import torchvision
-
     target = cache_dir(root)
     try:
         getattr(torchvision.datasets, cls_name)(str(target), train=True, download=True)
@@ -356,9 +460,6 @@ _IMAGEFOLDER_LAYOUTS = ["<dir>/train/<class>/*.jpg and <dir>/val/<class>/*.jpg (
 
 def imagefolder_datasets(path: str | os.PathLike, input_size: int = 224):
     """(train, val) torchvision ImageFolders with the standard ImageNet pipeline at `input_size`."""
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
-
     root = Path(path)
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:

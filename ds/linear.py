@@ -1,6 +1,6 @@
 """Blocks whose activations are gone, in merge-ready form, and their merged equivalents.
 
-The border trap (DESIGN.md section 2): the original block zero-pads the *output of its first
+The border trap (docs/design.md, the border trap): the original block zero-pads the *output of its first
 conv*, which holds that conv's bias, while one merged conv zero-pads the *input*. A `LinearRun`
 puts all zero padding of the run on its first conv and runs every later conv without padding, so
 the network one finetunes is exactly the network one deploys, borders included. A skip connection

@@ -30,6 +30,7 @@ class NetInfo:
 
     @classmethod
     def from_dict(cls, record: dict) -> "NetInfo":
+        """The NetInfo fields of `record`; other keys (a checkpoint's meta holds more) are not NetInfo's."""
         known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
         if known.get("pattern") is not None:
             known["pattern"] = tuple(int(b) for b in known["pattern"])

@@ -3,32 +3,40 @@ from __future__ import annotations
 
 import re
 
+import timm
 from torch import nn
+from torchvision.models import mobilenet_v2
 
+from .anatomy import parse_units
+from .cost import image_size
 from .errors import UnsupportedModelError
 from .meta import info, set_info
+from .paths import get_module
 
 _TORCHVISION_MOBILENET_V2 = re.compile(r"^tv_mobilenet_v2(?:_(\d{3}))?$")
 CIFAR_MAX_INPUT = 64
 
 
-def create_model(name: str, num_classes: int = 1000, input_size: int = 224) -> nn.Module:
+def create_model(name: str, num_classes: int = 1000, input_size: int | tuple[int, int] = 224) -> nn.Module:
     """A randomly initialized backbone by name.
 
     Names: any timm model whose layout ds reads (mobilenetv2_035..140, mobilenetv2_110d/120d,
     efficientnet_lite0..4, mnasnet_100, ...) and torchvision's MobileNetV2 as `tv_mobilenet_v2`
     (width 1.0) or `tv_mobilenet_v2_075` etc. (width 0.75).
 
-    For inputs of 64 px or less (CIFAR), the stem and the first stride-2 block are set to stride
-    1, as CIFAR variants of MobileNetV2 do, so a 32 px input reaches the head at 4 x 4 instead of
-    1 x 1. The model records its name and sizes in `ds.meta.info(model)`.
+    `input_size` is an int or an (height, width) pair of positive ints. When both sides are 64 px or
+    less (CIFAR), the stem and the first stride-2 block are set to stride 1, as CIFAR variants of
+    MobileNetV2 do, so a 32 px input reaches the head at 4 x 4 instead of 1 x 1. The model records
+    its name and sizes in `ds.meta.info(model)`.
     """
-    from .anatomy import parse_units
-
+    height, width = image_size(input_size)   # raises a ValueError naming a bad size
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     model = _build(name, num_classes)
     units = parse_units(model)  # raises for layouts ds cannot read
-    if input_size <= CIFAR_MAX_INPUT:
+    if max(height, width) <= CIFAR_MAX_INPUT:
         _use_cifar_strides(model, units)
+    input_size = (height, width) if isinstance(input_size, (tuple, list)) else height
     return set_info(model, backbone=name, num_classes=num_classes, input_size=input_size)
 
 
@@ -43,10 +51,8 @@ def model_name(model: nn.Module) -> str | None:
 def _build(name: str, num_classes: int) -> nn.Module:
     match = _TORCHVISION_MOBILENET_V2.match(name)
     if match:
-        from torchvision.models import mobilenet_v2
         width = int(match.group(1)) / 100 if match.group(1) else 1.0
         return mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
-    import timm
     if not timm.is_model(name):
         raise UnsupportedModelError(
             f"unknown model name {name!r}: give a timm model name (e.g. mobilenetv2_140, "
@@ -57,8 +63,6 @@ def _build(name: str, num_classes: int) -> nn.Module:
 
 def _use_cifar_strides(model: nn.Module, units) -> None:
     """Stride 1 in the stem and in the first block that has stride 2."""
-    from .paths import get_module
-
     stem_conv = get_module(model, units[0].ops[0].conv)
     _set_stride_one(stem_conv)
     for unit in units[1:]:

@@ -15,11 +15,13 @@ from .patterns import resolve_pattern
 from .switches import unit_switchable
 
 
-def apply_pattern(model: nn.Module, pattern: str | Sequence[int], final_act: bool = True) -> nn.Module:
+def apply_pattern(model: nn.Module, pattern, final_act: bool = True) -> nn.Module:
     """A copy of `model` with the activations that `pattern` switches off removed.
 
-    `pattern` is a 0/1 list over `ds.switches(model)` (1 keeps, 0 removes) or a name in
-    `ds.PATTERNS[<model name>]`. A removed stem or head activation becomes an identity. A removed
+    `pattern` gives one 0/1 entry per switch of `ds.switches(model)` (1 keeps, 0 removes): a 1-D
+    list, tuple, numpy array or tensor (bools allowed), an inline string "1,0,1,..." or "101...",
+    a JSON file (FILE or FILE:NAME), or a name in `ds.PATTERNS[<model name>]`; see
+    `ds.patterns.resolve_pattern`. A removed stem or head activation becomes an identity. A removed
     block becomes a `LinearRun` in merge-ready form (its zero padding moved to its first conv),
     so that the network one finetunes is exactly the one `ds.merge` deploys. With `final_act`
     (the paper's setting) each removed block is its own run, followed by the block's activation

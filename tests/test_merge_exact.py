@@ -115,3 +115,68 @@ def test_border_trap_is_avoided():
     assert naive_gap[..., 1:-1, 1:-1].max() < 1e-10  # inside: the same linear map
     assert naive_gap[..., 0, :].max() > 1e-3  # border ring: the trap
     assert ready_gap.max() < 1e-10
+
+
+# ---------------------------------------------------------------- what merge refuses, and low precision
+
+def _tiny_shrunk():
+    model = calibrate_batchnorm(tiny_timm([["ds_r1_k3_s1_e1_c8"], ["ir_r2_k3_s2_e6_c16"], ["ir_r1_k5_s1_e6_c16"]]), 32)
+    return ds.apply_pattern(model, [1, 1, 0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_network_merges_with_its_dtype_tolerance(dtype):
+    shrunk = _tiny_shrunk().to(dtype)
+    merged = ds.merge(shrunk, input_size=32)   # float32's 1e-4 would refuse the rounding of the merged weights
+    record = ds.meta.info(merged)
+    assert merged.conv_stem.weight.dtype == dtype and record.merged
+    assert 1e-4 < record.merge_max_rel <= ds.merging.MERGE_TOLERANCES[dtype]
+    with pytest.raises(ds.MergeError, match=f"merge is exact .* rounding of the merged weights to {dtype}.*"
+                                            f"ds.merge\\(model.float\\(\\)\\).to\\({dtype}\\)"):
+        ds.merge(shrunk, input_size=32, tolerance=1e-6)
+
+
+def test_float64_network_is_checked_in_float64():
+    merged = ds.merge(_tiny_shrunk().double(), input_size=32)
+    assert ds.meta.info(merged).merge_max_rel < 1e-12
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("nan_var", "layer 'blocks.1.0.bn2' \\(BatchNormAct2d\\) has NaN or infinite running_var"),
+    ("negative_var", "layer 'blocks.1.0.bn2' \\(BatchNormAct2d\\) has negative running_var \\(min -0.5\\)"),
+    ("nan_mean", "layer 'blocks.1.0.bn2' \\(BatchNormAct2d\\) has NaN or infinite running_mean"),
+    ("inf_weight", "layer 'blocks.1.0.conv_pw' \\(Conv2d\\) has NaN or infinite weight"),
+])
+def test_broken_weights_are_named_before_merging(damage, message):
+    model = calibrate_batchnorm(tiny_timm([["ds_r1_k3_s1_e1_c8"], ["ir_r1_k3_s2_e6_c16"]]), 32)
+    with torch.no_grad():
+        if damage == "nan_var":
+            model.blocks[1][0].bn2.running_var[3] = float("nan")
+        elif damage == "negative_var":
+            model.blocks[1][0].bn2.running_var[3] = -0.5
+        elif damage == "nan_mean":
+            model.blocks[1][0].bn2.running_mean[0] = float("nan")
+        else:
+            model.blocks[1][0].conv_pw.weight[0, 0] = float("inf")
+    for network in (model, ds.apply_pattern(model, [1, 1, 0, 1])):   # in a kept block and in a linear run
+        with pytest.raises(ds.MergeError, match=message.replace("blocks.1.0.", "blocks.1.0.(stages.0.)?")
+                           .replace("bn2' \\(BatchNormAct2d\\)", "(bn2|norms.1)' \\((BatchNormAct2d|BatchNorm2d)\\)")
+                           .replace("conv_pw'", "(conv_pw|convs.0)'") + ".*weights are broken.*checkpoint"):
+            ds.merge(network, input_size=32)
+
+
+def test_merging_a_merged_network_is_refused():
+    merged = ds.merge(_tiny_shrunk(), input_size=32)
+    with pytest.raises(ds.MergeError, match="^this network is already merged .*merge the shrunk network it came from"):
+        ds.merge(merged)
+
+
+@pytest.mark.parametrize("size", [0, (32, 0), -1, (32,), "32"])
+def test_merge_rejects_bad_input_size(size):
+    with pytest.raises(ValueError, match="input_size must be a positive int"):
+        ds.merge(_tiny_shrunk(), input_size=size)
+
+
+def test_merge_accepts_a_size_pair():
+    merged = ds.merge(_tiny_shrunk(), input_size=(24, 40))
+    assert ds.meta.info(merged).merge_max_rel < ds.MERGE_TOLERANCE

@@ -53,3 +53,25 @@ def test_unsupported_model_names_first_module():
 def test_unsupported_block_is_named():
     with pytest.raises(ds.UnsupportedModelError, match="module 'blocks.4.0' \\(CondConvResidual\\)"):
         ds.create_model("efficientnet_cc_b0_4e")
+
+
+def test_input_size_pair():
+    model = ds.create_model("mobilenetv2_035", num_classes=10, input_size=(32, 48))   # both <= 64: CIFAR strides
+    assert ds.meta.info(model).input_size == (32, 48)
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 32, 48)).shape[-2:] == (4, 6)
+    wide = ds.create_model("mobilenetv2_035", num_classes=10, input_size=(32, 96))   # one side > 64: ImageNet strides
+    with torch.no_grad():
+        assert wide.forward_features(torch.randn(1, 3, 32, 96)).shape[-2:] == (1, 3)
+
+
+@pytest.mark.parametrize("size", [0, -32, (0, 32), (32, -1), (32,), (32, 32, 3), 32.0, "32", True, None])
+def test_bad_input_size_is_a_clear_error(size):
+    with pytest.raises(ValueError, match="input_size must be a positive int .* or a \\(height, width\\) pair"):
+        ds.create_model("mobilenetv2_035", num_classes=10, input_size=size)
+
+
+@pytest.mark.parametrize("classes", [0, -1, 10.0, True])
+def test_bad_num_classes_is_a_clear_error(classes):
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        ds.create_model("mobilenetv2_035", num_classes=classes, input_size=32)

@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+import numpy as np
+
 import ds
 from ds.linear import LinearRun
 from conftest import scramble_batchnorm, tiny_timm
@@ -63,15 +65,43 @@ def test_training_mode_is_kept():
     assert shrunk.blocks[1][0].stages[0].convs[1].weight.grad is not None
 
 
+DS_A = list(ds.PATTERNS["mobilenetv2_140"]["DS-A"])
+
+
+@pytest.fixture(scope="module")
+def mbv2_small():
+    return ds.create_model("mobilenetv2_035", num_classes=10, input_size=32)
+
+
+@pytest.mark.parametrize("pattern", [
+    np.array(DS_A), np.array(DS_A, dtype=bool), torch.tensor(DS_A), torch.tensor(DS_A).bool(),
+    torch.tensor(DS_A, dtype=torch.float32), tuple(DS_A), [bool(b) for b in DS_A],
+    ",".join(map(str, DS_A)), " ".join(map(str, DS_A)), str(DS_A), "".join(map(str, DS_A)),
+], ids=["numpy", "numpy-bool", "tensor", "tensor-bool", "tensor-float", "tuple", "bools",
+        "commas", "spaces", "brackets", "digits"])
+def test_pattern_forms(mbv2_small, pattern):
+    assert ds.meta.info(ds.apply_pattern(mbv2_small, pattern)).pattern == tuple(DS_A)
+
+
 @pytest.mark.parametrize("pattern,message", [
-    ([1, 0, 1], "has 3 entries but .* has 19 switches"),
+    ([1, 0, 1], "has 3 entries but mobilenetv2_035 has 19 switches"),
+    ("0,1,2", "has 3 entries but .* has 19 switches"),   # what a wrong --pattern 0,1,2 shows
+    ("1,0,x", "has 3 entries but .* has 19 switches"),
+    (",".join(["1"] * 18 + ["x"]), "must be 0 \\(remove\\) or 1 \\(keep\\); got 'x' at 18"),
+    (np.ones((2, 19), dtype=int), "must be 1-D .* shape \\(2, 19\\)"),
+    (torch.ones(1, 19), "must be 1-D .* shape \\(1, 19\\)"),
+    ([[1] * 19], "must be 1-D .* entry 0 is itself a sequence"),
+    (np.full(19, 0.5), "must be 0 \\(remove\\) or 1 \\(keep\\); got 0.5 at 0"),
+    (torch.full((19,), 2), "got 2 at 0"),
+    ([1] * 18 + ["1"], "got '1' at 18"),
+    (7, "a pattern is a 0/1 sequence, a name in ds.PATTERNS or a JSON file; got int 7"),
     ([1] * 18 + [2], "must be 0 \\(remove\\) or 1 \\(keep\\); got 2 at 18"),
-    ("DS-Z", "unknown pattern name 'DS-Z' \\(known for mobilenetv2_140: DS-A"),
+    ("DS-Z", "unknown pattern name 'DS-Z' \\(known for mobilenetv2_035: DS-A"),
     ("missing.json", "pattern file missing.json does not exist"),
 ])
-def test_pattern_errors(mbv2_cifar, pattern, message):
+def test_pattern_errors(mbv2_small, pattern, message):
     with pytest.raises(ds.PatternError, match=message):
-        ds.apply_pattern(mbv2_cifar, pattern)
+        ds.apply_pattern(mbv2_small, pattern)
 
 
 def test_pattern_file(mbv2_cifar, tmp_path):
