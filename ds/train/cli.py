@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import shlex
 import sys
 import uuid
@@ -128,20 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- inputs
 
-_INLINE_LIST = re.compile(r"^\[?\s*\d+(\s*[,\s]\s*\d+)*\s*\]?$")
-
-
 def parse_pattern(spec: str | None, model: nn.Module) -> list[int] | None:
     """`--pattern` as a 0/1 list: a name in ds.PATTERNS, a JSON file (a list, or a dict of
     patterns such as a search's patterns.json with FILE:KEY choosing one), or an inline list
-    ("0,1,1,..." or "011..."); ds.patterns.resolve_pattern checks length and entries."""
-    if spec is None:
-        return None
-    if re.fullmatch(r"[01]{2,}", spec.strip()):
-        return resolve_pattern(model, [int(c) for c in spec.strip()], len(switches(model)))
-    if _INLINE_LIST.match(spec.strip()):
-        return resolve_pattern(model, [int(d) for d in re.findall(r"\d+", spec)], len(switches(model)))
-    return resolve_pattern(model, spec, len(switches(model)))
+    ("0,1,1,..." or "011..."); ds.patterns.resolve_pattern reads all of them and checks them."""
+    return None if spec is None else resolve_pattern(model, spec, len(switches(model)))
 
 
 def _data(args, dist: ddp.DistInfo, input_size: int, channels_last: bool):
