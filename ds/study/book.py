@@ -223,22 +223,31 @@ def reproduce_page(profiles_file=None) -> str:
              "make study PROFILE=full    # the GPU reproduction (one H100)", "```", "",
              "`make study` creates the virtual environment when it is missing, runs "
              "`python -m ds.study run --profile $(PROFILE)` (the five chapters below, in order, with papermill, "
-             "into `runs/<profile>/`), then builds this book with `jupyter-book build book -W -n --keep-going`. "
-             "A finished chapter leaves `runs/<profile>/NN_name.done`; a rerun skips it and resumes the others "
-             "from their checkpoints. Delete a `.done` file (or pass `--restart`) to run a chapter again.", "",
+             "into `runs/<profile>/`), then builds that run's own book in `runs/<profile>/book/` with "
+             "`jupyter-book build -W -n --keep-going` and prints its path. A run never writes into the "
+             "repository's `book/`: `make publish PROFILE=quick` (`python -m ds.study publish --profile quick`) "
+             "copies a complete run into it and builds it, and refuses a run with a missing or stale chapter "
+             "or a profile marked `publish: false` (`tiny`).", "",
+             "A finished chapter leaves `runs/<profile>/NN_name.done` with the parameters it ran with; a rerun "
+             "skips it while they and its notebook are unchanged, reruns it from scratch (and the chapters after "
+             "it) when they changed, and resumes unfinished chapters from their checkpoints. "
+             "`--restart --chapters NN_name` runs a chapter again. One process at a time may run in a run "
+             "directory (`study.lock`).", "",
              "Set `DS_DATA` to the directory that holds `cifar10-jpeg.tar.xz` (or torchvision's CIFAR-10).", "",
              "## What a run leaves in `runs/<profile>/`", "",
              "- `NN_name.ipynb`: each executed chapter, with its figures, tables and, on failure, the traceback;",
              "- `base/`: the base network (`checkpoint.pt`, `metrics.csv`), trained in chapter 1;",
              "- `01_observation/removal.csv`, `comparison.csv`; `02_search/k<budget>/` (checkpoint, `gates.csv`) "
              "and `patterns.json`; `03_finetune/<pattern>/{plain,distill}/` and `results.csv`; "
-             "`04_merge/merge.csv`; `05_throughput/throughput.csv`;",
+             "`04_merge/merge.csv` and `04_merge/networks/` (the merged networks, which chapter 5 times); "
+             "`05_throughput/throughput.csv`;",
              "- `provenance.json` (profile, device, date, commit of each chapter), `timings.json`, `study.log`, "
-             "and a `NN_name.done` marker per finished chapter.", "",
+             "a `NN_name.done` record per finished chapter, and `book/`, the run's own book.", "",
              "## Time-limited machines", "",
              "A profile with `piece_minutes` (the `full` profile: 9) makes each invocation a *piece*: training "
-             "stops at an epoch boundary before the piece would run over, the command exits with code 3 and says "
-             "it paused, and the same command continues from the checkpoints. Within any profile, an interrupted "
+             "stops at an epoch boundary before the piece would run over (once the piece has done some work, so "
+             "every piece moves the run forward), the command exits with code 3 and says it paused, and the same "
+             "command continues from the checkpoints. Ctrl-C stops a run the same way: rerun to resume. Within any profile, an interrupted "
              "run (a killed job, a lost machine) continues the same way.", "",
              "To run one chapter by hand, use the papermill commands below from the repository root "
              "(chapters read the outputs of the chapters before them from the run directory). "

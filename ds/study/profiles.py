@@ -3,8 +3,8 @@
 `profiles.yaml` at the repository root maps a profile name to the chapters' parameters. A profile
 may start from another with `extends: NAME` and override some keys. Keys the runner reads itself
 (not passed to notebooks): description, extends, piece_minutes (end a piece of the run
-after this many minutes; rerun to continue), publish (false: build the book inside the run
-directory instead of book/).
+after this many minutes; rerun to continue), publish (false: `python -m ds.study publish`
+refuses the profile).
 """
 from __future__ import annotations
 
