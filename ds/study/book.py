@@ -19,7 +19,7 @@ import pandas as pd
 
 from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, REPO_ROOT, REPRODUCE_PAGE, RESULTS_PAGE,
-                     RunLayout, relative_to_repo)
+                     RunLayout, notebook_source, relative_to_repo)
 from .profiles import chapter_parameters, load_profile, read_profiles
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
@@ -208,9 +208,9 @@ def _markdown_table(table: pd.DataFrame) -> str:
 def papermill_command(chapter: str, profile_name: str, profiles_file=None) -> str:
     """The exact papermill command that runs one chapter of one profile (from the repository root)."""
     profile = load_profile(profile_name, profiles_file)
-    run_dir = Path("runs") / profile_name
-    parameters = chapter_parameters(profile, run_dir)[chapter]
-    return (f"papermill -k python3 notebooks/{chapter}.ipynb {run_dir}/{chapter}.ipynb \\\n"
+    run = RunLayout(Path("runs") / profile_name)
+    parameters = chapter_parameters(profile, run.root)[chapter]
+    return (f"papermill -k python3 {relative_to_repo(notebook_source(chapter))} {run.notebook(chapter)} \\\n"
             f"    -y '{json.dumps(parameters)}'")
 
 

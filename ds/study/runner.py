@@ -92,6 +92,8 @@ def run_chapter(chapter: str, parameters: dict, layout: RunLayout, notebooks: Pa
     except PapermillExecutionError as err:
         if err.ename in ("PieceTimeUp", "ds.study.chapter.PieceTimeUp"):
             raise PiecePaused(f"{chapter}: {err.evalue}") from None
+        if err.ename == "KeyboardInterrupt":   # Ctrl-C reached the kernel before this process
+            raise KeyboardInterrupt from None
         raise ChapterFailed(f"chapter {chapter} failed: {err.ename}: {err.evalue}\n"
                             f"executed notebook with the traceback: {output}; log: {layout.log}") from None
     return time.perf_counter() - start
