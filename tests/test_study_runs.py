@@ -95,6 +95,22 @@ def test_a_done_marker_without_parameters_counts_as_stale(stand_in):
     assert ran(run_dir) == ["02_search 1", "03_finetune 1", "04_merge 1", "05_throughput 1"]
 
 
+def test_an_unfinished_chapter_resumes_only_with_the_parameters_it_started_with(stand_in):
+    run, ran, profiles = stand_in
+    run_dir = run()
+    ran(run_dir)
+    layout = RunLayout(run_dir)
+    done = json.loads(layout.done("03_finetune").read_text())
+    for x, kept in ((1, True), (5, False)):   # interrupted with the same parameters, then with others
+        layout.done("03_finetune").unlink()
+        layout.started("03_finetune").write_text(json.dumps(dict(done, parameters={"x": x})))
+        (layout.chapter_dir("03_finetune")).mkdir(exist_ok=True)
+        (layout.chapter_dir("03_finetune") / "checkpoint.pt").write_text("partial work")
+        run()
+        assert (layout.chapter_dir("03_finetune") / "checkpoint.pt").exists() == kept
+        assert not layout.started("03_finetune").exists() and layout.done("03_finetune").exists()
+
+
 def test_a_second_process_on_the_same_run_directory_fails_at_once(stand_in, tmp_path):
     run, _, _ = stand_in
     run_dir = tmp_path / "runs" / "p"

@@ -48,8 +48,9 @@ def read_done(path: str | Path) -> dict | None:
     return record if isinstance(record, dict) else {}
 
 
-def done_record(parameters: dict, notebook: str, previous: str | None, finished_utc: str) -> dict:
-    return {"finished_utc": finished_utc, "parameters": hashed_parameters(parameters), "notebook": notebook,
+def done_record(parameters: dict, notebook: str, previous: str | None, started_utc: str) -> dict:
+    """What a chapter runs with (its .started record; with `finished_utc` added, its .done record)."""
+    return {"started_utc": started_utc, "parameters": hashed_parameters(parameters), "notebook": notebook,
             "previous": previous, "fingerprint": uuid.uuid4().hex}
 
 
@@ -75,6 +76,12 @@ def why_stale(record: dict, parameters: dict, notebook: str, previous: str | Non
     return f"{before} was rerun after it ran"
 
 
+def matches(record: dict, parameters: dict, notebook: str, previous: str | None) -> bool:
+    """Whether a chapter's record was made with these parameters, notebook and predecessor."""
+    return ("fingerprint" in record and record.get("parameters") == hashed_parameters(parameters)
+            and record.get("notebook") == notebook and record.get("previous") == previous)
+
+
 def chapter_state(layout: RunLayout, chapter: str, parameters: dict, previous: str | None, before: str | None,
                   notebooks: Path = NOTEBOOKS) -> ChapterState:
     """The state of `chapter` given the recorded fingerprint of the chapter `before` it (`previous`)."""
@@ -82,8 +89,7 @@ def chapter_state(layout: RunLayout, chapter: str, parameters: dict, previous: s
     record = read_done(layout.done(chapter))
     if record is None:
         return ChapterState(chapter, "missing", "not finished")
-    if ("fingerprint" in record and record.get("parameters") == hashed_parameters(parameters)
-            and record.get("notebook") == notebook and record.get("previous") == previous):
+    if matches(record, parameters, notebook, previous):
         return ChapterState(chapter, "current", "")
     return ChapterState(chapter, "stale", why_stale(record, parameters, notebook, previous, before))
 

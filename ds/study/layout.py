@@ -4,6 +4,7 @@ instead of joining paths themselves.
 
     <run_dir>/NN_name.ipynb            each executed chapter
     <run_dir>/NN_name.done             a finished chapter: when, and with which parameters (JSON)
+    <run_dir>/NN_name.started          the same for a chapter that started and has not finished
     <run_dir>/NN_name/                 each chapter's tables, checkpoints and merged networks
     <run_dir>/base/                    the base network (checkpoint.pt, metrics.csv), chapter 1
     <run_dir>/provenance.json          profile, device, date, git commit of every chapter
@@ -59,6 +60,10 @@ class RunLayout:
 
     def done(self, chapter: str) -> Path:
         return self.root / f"{chapter}.done"
+
+    def started(self, chapter: str) -> Path:
+        """The record of a chapter that started and has not finished (what it runs with)."""
+        return self.root / f"{chapter}.started"
 
     @property
     def provenance(self) -> Path:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import book as study_book
 from .chapter import DEADLINE_ENV, PROGRESS_ENV
-from .freshness import chapter_state, chapter_states, done_record, notebook_hash, recorded_fingerprint
+from .freshness import (chapter_state, chapter_states, done_record, matches, notebook_hash, read_done,
+                        recorded_fingerprint)
 from .layout import CHAPTERS, NOTEBOOKS, REPO_ROOT, RunLayout, notebook_source, relative_to_repo
 from .lock import hold
 from .profiles import ProfileError, chapter_parameters, load_profile
@@ -164,19 +165,28 @@ def _run_chapters(profile: dict, layout: RunLayout, parameters: dict, chosen: li
             log.info(f"{chapter}: finished before with these parameters, skipped "
                      f"(--restart --chapters {chapter} reruns it)")
             continue
+        notebook = notebook_hash(notebook_source(chapter, notebooks))
+        started = read_done(layout.started(chapter))
         if state.status == "stale":
             log.info(f"{chapter}: rerunning from scratch: {state.reason}")
             layout.done(chapter).unlink()
             clear_outputs(layout, chapter)
+        elif started is not None and not matches(started, parameters[chapter], notebook, previous):
+            log.info(f"{chapter}: an unfinished earlier attempt ran with other parameters, inputs or notebook; "
+                     f"starting from scratch")
+            clear_outputs(layout, chapter)
         if deadline is not None and progressed and time.time() > deadline:
             raise PiecePaused(f"the time slice ended before {chapter} started")
         log.info(f"{chapter}: running")
+        now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record = done_record(parameters[chapter], notebook, previous, now)
+        layout.started(chapter).write_text(json.dumps(record, indent=1) + "\n")
         seconds = run_chapter(chapter, parameters[chapter], layout, notebooks)
         timings[chapter] = seconds   # the piece that finished it
         layout.timings.write_text(json.dumps(timings, indent=1) + "\n")
-        record = done_record(parameters[chapter], notebook_hash(notebook_source(chapter, notebooks)), previous,
-                             time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+        record["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         layout.done(chapter).write_text(json.dumps(record, indent=1) + "\n")
+        layout.started(chapter).unlink()
         progressed = True
         os.environ[PROGRESS_ENV] = "1"
         log.info(f"{chapter}: done in {seconds:.0f} s")
