@@ -41,7 +41,7 @@ def main(argv=None) -> int:
             runner.run_study(args.profile, chapters=args.chapters, restart=args.restart, book=not args.no_book,
                              **where)
         elif args.command == "book":
-            print(runner.build_book(args.profile, **where))
+            print(runner.rebuild_book(args.profile, **where))
         elif args.command == "publish":
             print(runner.publish(args.profile, **where))
         else:

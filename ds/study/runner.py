@@ -193,7 +193,7 @@ def _run_chapters(profile: dict, layout: RunLayout, parameters: dict, chosen: li
     log.info(f"chapters finished; time of the finishing pieces: {sum(timings.values()):.0f} s")
 
 
-def build_book(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS,
+def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS,
                notebooks: Path = NOTEBOOKS) -> Path:
     """Build the book of a finished run inside its run directory; the path of its index.html."""
     profile = load_profile(profile_name, profiles_file)
