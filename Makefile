@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 
-.PHONY: test study book venv clean
+.PHONY: test study book publish pages venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,23 @@ test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The study: the five chapters with papermill on profile $(PROFILE) (profiles.yaml) into
-# runs/$(PROFILE)/, then the book (jupyter-book build -W -n --keep-going). Rerun to resume.
+# runs/$(PROFILE)/, then that run's own book in runs/$(PROFILE)/book (jupyter-book build -W -n
+# --keep-going); it prints the book's path. Rerun to resume. Never writes into book/.
 study: venv
 	$(PY) -m ds.study run --profile $(PROFILE) $(STUDY_ARGS)
 
-# Publish a finished run into book/ and rebuild the book only.
+# Rebuild the book of a finished run inside its run directory.
 book: venv
 	$(PY) -m ds.study book --profile $(PROFILE)
+
+# The only way book/ changes: a complete, current run of a publishable profile goes into book/,
+# assembled and built beside it, then swapped in.
+publish: venv
+	$(PY) -m ds.study publish --profile $(PROFILE)
+
+# Regenerate the pages made from the repository (book/reproduce.md, the intro's diagram).
+pages: venv
+	$(PY) -m ds.study pages
 
 clean:
 	rm -rf $(VENV) book/_build .pytest_cache

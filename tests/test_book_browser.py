@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ds.study.runner import CHAPTERS
+from ds.study.layout import CHAPTERS
 
 pytestmark = pytest.mark.slow
 

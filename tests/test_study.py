@@ -5,7 +5,8 @@ import pytest
 
 from ds.study import book, figures
 from ds.study.profiles import ProfileError, load_profile, read_profiles
-from ds.study.runner import CHAPTERS, NOTEBOOKS, chapter_parameters
+from ds.study.layout import BOOK, CHAPTERS, NOTEBOOKS
+from ds.study.profiles import chapter_parameters
 
 
 def test_profiles_file_has_the_three_profiles():
@@ -58,7 +59,7 @@ def test_published_copies_hide_parameter_cells(tmp_path):
 
 
 def test_reproduce_page_matches_the_profiles():
-    assert (book.REPO_ROOT / "book" / "reproduce.md").read_text() == book.reproduce_page(), \
+    assert (BOOK / "reproduce.md").read_text() == book.reproduce_page(), \
         "book/reproduce.md is stale: run python -m ds.study pages"
 
 
@@ -69,6 +70,8 @@ def test_pareto_front_keeps_points_no_other_beats():
 
 
 def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch):
+    """A piece pauses before an epoch that would end after its deadline, but never before it has
+    done some work: a fresh piece trains one epoch first, so a short piece cannot loop forever."""
     import time
 
     import torch
@@ -79,10 +82,15 @@ def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch
 
     train_loader, test_loader = chapter.loaders(fake_dataset(64, 32, size=16), 32, torch.device("cpu"))
     model = build_model("mobilenetv2_035", 10, 16)
-    cfg = TrainConfig(epochs=2, lr=0.05, warmup_epochs=0)
-    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 5))   # too close: pause before epoch 1
-    with pytest.raises(PieceTimeUp, match="epoch 1/2"):
+    cfg = TrainConfig(epochs=3, lr=0.05, warmup_epochs=0)
+    monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 5))   # too close for any epoch
+    monkeypatch.setenv(chapter.PROGRESS_ENV, "0")                     # a fresh piece: one epoch, then pause
+    with pytest.raises(PieceTimeUp, match="epoch 2/3"):
         chapter.train(model, train_loader, test_loader, cfg, tmp_path)
+    monkeypatch.setenv(chapter.PROGRESS_ENV, "1")                     # the piece already finished a chapter
+    with pytest.raises(PieceTimeUp, match="epoch 2/3"):
+        chapter.train(model, train_loader, test_loader, cfg, tmp_path)
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
     monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 600))
-    assert len(chapter.train(model, train_loader, test_loader, cfg, tmp_path).metrics) == 2
-    assert chapter.is_finished(tmp_path, 2)
+    assert len(chapter.train(model, train_loader, test_loader, cfg, tmp_path).metrics) == 3
+    assert chapter.is_finished(tmp_path, 3)

@@ -1,12 +1,15 @@
 """The five chapters under papermill on the `tiny` profile, the runner's resume and failure
-handling, and the book built from them with `jupyter-book build -W -n --keep-going`."""
+handling, the run's own book built with `jupyter-book build -W -n --keep-going`, and publishing."""
 import json
+import shutil
 
 import nbformat
 import pandas as pd
 import pytest
 
-from ds.study.runner import CHAPTERS, ChapterFailed, run_study
+from ds.study.book import NotPublishable
+from ds.study.layout import BOOK, CHAPTERS, REPO_ROOT, RunLayout
+from ds.study.runner import ChapterFailed, publish, run_study
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +30,9 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
     assert (merge["max_rel"] < 1e-4).all()
     assert (merge["acc_merged"] == merge["acc_unmerged"]).all()
     assert set(pd.read_csv(tiny_study / "05_throughput" / "throughput.csv")["device"]) >= {"cpu"}
+    layout = RunLayout(tiny_study)
+    assert layout.merged_network("base", False).is_file()           # chapter 4 saved what chapter 5 timed
+    assert all(layout.merged_network(row.pattern, row.distill).is_file() for row in merge.itertuples())
     provenance = json.loads((tiny_study / "provenance.json").read_text())
     assert set(provenance) == set(CHAPTERS) and {p["profile"] for p in provenance.values()} == {"tiny"}
 
@@ -41,7 +47,7 @@ def test_the_book_builds_with_warnings_as_errors(tiny_study):
 
 def test_a_rerun_skips_finished_chapters(tiny_study, capsys):
     run_study("tiny", run_root=tiny_study.parent, book=False)
-    assert capsys.readouterr().out.count("finished before, skipped") == len(CHAPTERS)
+    assert capsys.readouterr().out.count("finished before with these parameters, skipped") == len(CHAPTERS)
 
 
 def test_a_failing_chapter_stops_the_run_and_names_itself(tmp_path):
@@ -67,3 +73,60 @@ def test_a_new_backbone_runs_by_changing_parameters_only(tmp_path):
     assert len(pd.read_csv(run_dir / "01_observation" / "removal.csv")) == 16   # lite0's blocks
     merge = pd.read_csv(run_dir / "04_merge" / "merge.csv")
     assert (merge["max_rel"] < 1e-4).all() and (merge["acc_merged"] == merge["acc_unmerged"]).all()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and "_build" not in p.parts}
+
+
+def test_a_run_writes_nothing_into_the_tracked_book(tiny_study):
+    results = (tiny_study / "book" / "results.md").read_text()
+    assert "profile **tiny**" in results and "commit" in results
+    assert (tiny_study / "book" / "chapters" / "05_throughput.ipynb").is_file()
+    # the run's book was assembled from book/ but book/ holds the published run, not this one
+    assert (BOOK / "results.md").read_text() != results
+
+
+def test_publish_refuses_a_profile_marked_not_for_publishing(tiny_study, tmp_path):
+    book = tmp_path / "book"
+    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build"))
+    before = _files(book)
+    with pytest.raises(NotPublishable, match="publish: false"):
+        publish("tiny", run_root=tiny_study.parent, book_dir=book)
+    assert _files(book) == before
+
+
+def test_publish_refuses_a_run_with_a_missing_or_stale_chapter(tiny_study, tmp_path):
+    from ds.study.profiles import PROFILES_FILE
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text() + "\npub: {extends: tiny, publish: true}\n"
+                        "pub2: {extends: tiny, publish: true, finetune_epochs: 2}\n")
+    book = tmp_path / "book"
+    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build"))
+    before = _files(book)
+    for name in ("pub", "pub2"):
+        shutil.copytree(tiny_study, tmp_path / "runs" / name, ignore=shutil.ignore_patterns("book", "study.lock"))
+    (tmp_path / "runs" / "pub" / "05_throughput.done").unlink()
+    with pytest.raises(NotPublishable, match="05_throughput \\(not finished\\)"):
+        publish("pub", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book)
+    with pytest.raises(NotPublishable, match="03_finetune \\(parameters changed since it ran: finetune_epochs 1 -> 2"):
+        publish("pub2", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book)
+    assert _files(book) == before
+
+
+def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_path(tiny_study, tmp_path):
+    from ds.study.profiles import PROFILES_FILE
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text() + "\npub: {extends: tiny, publish: true}\n")
+    shutil.copytree(tiny_study, tmp_path / "runs" / "pub", ignore=shutil.ignore_patterns("book", "study.lock"))
+    book = tmp_path / "book"
+    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build"))
+    html = publish("pub", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book)
+    assert html == book / "_build" / "html" / "index.html" and html.is_file()
+    assert (book / "_build" / "html" / "chapters" / "04_merge.html").is_file()
+    results = (book / "results.md").read_text()
+    assert "profile **tiny**" in results and "commit" in results and "chapters run" in results
+    offenders = [str(p) for p in book.rglob("*") if p.is_file() and "_build" not in p.parts
+                 and (str(REPO_ROOT).encode() in p.read_bytes() or str(tmp_path).encode() in p.read_bytes())]
+    assert not offenders, f"published files holding a machine path: {offenders}"
+    assert not list(tmp_path.glob(".book-publish-*"))        # the staging directory is gone

@@ -1,13 +1,15 @@
 """The study: chapter helpers for the notebooks, the papermill runner and the book.
 
-Notebooks call `start` first (run directory, device, provenance), then `load_data`, `loaders`,
-`train` / `load_model`, and the figures in `ds.study.figures`. `python -m ds.study run --profile
-quick` runs the five chapters and builds the book (see `ds.study.runner`).
+A chapter notebook calls `setup` first (run directory, device, provenance, data and loaders), then
+the experiments of `ds.study.steps` and the figures of `ds.study.figures`. `python -m ds.study run
+--profile quick` runs the five chapters and builds the run's book (see `ds.study.runner`);
+`python -m ds.study publish --profile quick` puts a finished run into book/.
 """
-from .chapter import (Chapter, MissingInput, PieceTimeUp, check_time, describe_data, is_finished, load_data,
-                      load_model, loaders, start, train)
+from .chapter import (Chapter, MissingInput, Piece, PieceTimeUp, describe_data, is_finished, load_data, load_model,
+                      loaders, setup, start, train)
+from .layout import CHAPTERS, RunLayout
 from .profiles import ProfileError, load_profile, read_profiles
 
-__all__ = ["Chapter", "MissingInput", "PieceTimeUp", "ProfileError", "check_time", "describe_data",
-           "is_finished", "load_data", "load_model", "load_profile", "loaders", "read_profiles",
-           "start", "train"]
+__all__ = ["CHAPTERS", "Chapter", "MissingInput", "Piece", "PieceTimeUp", "ProfileError", "RunLayout",
+           "describe_data", "is_finished", "load_data", "load_model", "load_profile", "loaders", "read_profiles",
+           "setup", "start", "train"]

@@ -1,48 +1,67 @@
-"""python -m ds.study run --profile quick | pages | commands --profile quick"""
+"""python -m ds.study run --profile quick | book --profile quick | publish --profile quick | pages"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ds.errors import DeviceError
+
+from . import book, runner
+from .lock import RunLocked
 from .profiles import ProfileError
+
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ds.study", description="Run the DepthShrinker study.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(command):
+        command.add_argument("--profile", default="quick", help="a profile of profiles.yaml (default: quick)")
+        command.add_argument("--profiles-file", help="another profiles file")
+        command.add_argument("--run-root", default=str(runner.RUNS), help="where runs/<profile> goes (default: runs/)")
+        return command
+
+    run = common(sub.add_parser("run", help="run the chapters with papermill, then build the run's book"))
+    run.add_argument("--chapters", nargs="+", help="only these chapters (e.g. 04_merge 05_throughput)")
+    run.add_argument("--restart", action="store_true", help="rerun chosen chapters even when current")
+    run.add_argument("--no-book", action="store_true", help="do not build the run's book")
+    common(sub.add_parser("book", help="build the book of a finished run inside its run directory"))
+    common(sub.add_parser("publish", help="publish a complete run into book/ and build it"))
+    sub.add_parser("pages", help="regenerate book/reproduce.md and the intro diagram")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds.study", description="Run the DepthShrinker study.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the chapters with papermill, then build the book")
-    run.add_argument("--profile", default="quick", help="a profile of profiles.yaml (default: quick)")
-    run.add_argument("--profiles-file", help="another profiles file")
-    run.add_argument("--run-root", default=None, help="where runs/<profile> goes (default: runs/)")
-    run.add_argument("--chapters", nargs="+", help="only these chapters (e.g. 04_merge 05_throughput)")
-    run.add_argument("--restart", action="store_true", help="rerun chosen chapters even when marked done")
-    run.add_argument("--no-book", action="store_true", help="do not publish and build the book")
-    sub.add_parser("pages", help="regenerate book/reproduce.md and the intro diagram")
-    build = sub.add_parser("book", help="publish a finished run into book/ and build it")
-    build.add_argument("--profile", default="quick")
-    build.add_argument("--run-root", default=None)
-    args = parser.parse_args(argv)
-
-    from . import runner
-    from .book import build_book, publish, write_static_pages
+    args = _parser().parse_args(argv)
+    where = {"profiles_file": getattr(args, "profiles_file", None), "run_root": getattr(args, "run_root", None)}
     try:
         if args.command == "run":
-            kwargs = {"run_root": args.run_root} if args.run_root else {}
-            runner.run_study(args.profile, profiles_file=args.profiles_file, chapters=args.chapters,
-                             restart=args.restart, book=not args.no_book, **kwargs)
-        elif args.command == "pages":
-            write_static_pages()
+            runner.run_study(args.profile, chapters=args.chapters, restart=args.restart, book=not args.no_book,
+                             **where)
         elif args.command == "book":
-            from pathlib import Path
-            run_dir = Path(args.run_root or runner.REPO_ROOT / "runs") / args.profile
-            publish(run_dir, runner.BOOK)
-            print(build_book(runner.BOOK))
+            print(runner.rebuild_book(args.profile, **where))
+        elif args.command == "publish":
+            print(runner.publish(args.profile, **where))
+        else:
+            book.write_static_pages()
     except runner.PiecePaused as err:
         print(f"[study] paused: {err}\n[study] the time slice of this piece is over; run the same command "
               f"again to continue", file=sys.stderr)
         return runner.EXIT_PAUSED
-    except (runner.ChapterFailed, ProfileError) as err:
+    except KeyboardInterrupt:
+        print("\n[study] interrupted; finished chapters and checkpoints are kept: run the same command again "
+              "to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (runner.ChapterFailed, runner.StaleRun, book.NotPublishable, ProfileError, RunLocked,
+            DeviceError) as err:
         print(f"[study] error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        path = err.filename or "the run directory"
+        print(f"[study] error: cannot write {path}: {err.strerror or err}; make it writable or choose another "
+              f"--run-root", file=sys.stderr)
         return 1
     return 0
 

@@ -1,24 +1,22 @@
-"""What every chapter notebook does first and uses throughout: its run directory, provenance,
-data, models from checkpoints, and training that resumes (and pauses when a time slice ends).
+"""What every chapter notebook does first and uses throughout: its context (run directory,
+device, provenance, data and loaders), models from checkpoints, and training that resumes (and
+pauses when the time slice of a piece of the run ends).
 
-A chapter reads its inputs from and writes its outputs to the run directory:
-
-    <run_dir>/provenance.json          profile, device, date, git commit of every chapter run
-    <run_dir>/base/                    the base network (checkpoint.pt, metrics.csv), chapter 1
-    <run_dir>/<NN_name>/               each chapter's CSV, JSON and checkpoints
+A chapter reads its inputs from and writes its outputs to the run directory, at the paths
+`ds.study.layout.RunLayout` names.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ds import data as ds_data
@@ -26,10 +24,10 @@ from ds.loaders import DeviceLoader
 from ds.provenance import describe_device, git_commit, resolve_device
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, fit, load_weights, model_state
 
-from .profiles import REPO_ROOT
+from .layout import RunLayout
 
-BASE_DIR = "base"
-DEADLINE_ENV = "DS_STUDY_DEADLINE"   # unix time at which the current piece of a run should end
+DEADLINE_ENV = "DS_STUDY_DEADLINE"      # unix time at which the current piece of a run should end
+PROGRESS_ENV = "DS_STUDY_PIECE_PROGRESS"  # "1" once the current piece has finished a chapter
 
 
 class PieceTimeUp(RuntimeError):
@@ -40,38 +38,82 @@ class MissingInput(FileNotFoundError):
     """A chapter needs the output of an earlier chapter that is not in the run directory."""
 
 
-# ---------------------------------------------------------------- device, time, provenance
+# ---------------------------------------------------------------- pieces of a run
 
-def piece_deadline() -> float | None:
-    value = os.environ.get(DEADLINE_ENV)
-    return float(value) if value else None
+@dataclass
+class Piece:
+    """The time slice a runner gave this chapter (no deadline: run to the end).
 
+    A piece pauses before a unit of work (an epoch, a block) that would end after the deadline,
+    but only once it has done some work: every piece moves the run forward, however short."""
+    deadline: float | None = None
+    progressed: bool = False
+
+    @classmethod
+    def from_env(cls) -> "Piece":
+        deadline = os.environ.get(DEADLINE_ENV)
+        return cls(float(deadline) if deadline else None, os.environ.get(PROGRESS_ENV) == "1")
+
+    def check(self, seconds_needed: float, what: str) -> None:
+        """Raise PieceTimeUp when `what` (taking about `seconds_needed`) would end after the deadline."""
+        if self.deadline is None or not self.progressed:
+            return
+        if time.time() + seconds_needed > self.deadline:
+            raise PieceTimeUp(f"the time slice ends before {what} would; rerun to continue from the checkpoints")
+
+    def record_progress(self) -> None:
+        self.progressed = True
+
+
+# ---------------------------------------------------------------- the chapter's context
 
 @dataclass
 class Chapter:
-    """One chapter's run: where it writes, on what it runs, and who produced it when."""
+    """One chapter's run: where it writes, on what it runs, who produced it when, and (from
+    `setup`) the network it studies and its data."""
     name: str
     run_dir: Path
     profile: str
     device: torch.device
     seed: int
     date_utc: str
+    backbone: str | None = None
+    input_size: int | None = None
+    data: ds_data.ArrayDataset | None = None
+    train_loader: DeviceLoader | None = None
+    test_loader: DeviceLoader | None = None
+    piece: Piece = field(default_factory=Piece.from_env)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
 
     @property
     def out(self) -> Path:
         """This chapter's own output directory."""
-        path = self.run_dir / self.name
+        path = self.layout.chapter_dir(self.name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     @property
     def base_dir(self) -> Path:
-        return self.run_dir / BASE_DIR
+        return self.layout.base_dir
+
+    @property
+    def num_classes(self) -> int:
+        if self.data is None:
+            raise ValueError(f"chapter {self.name} was set up without data: pass dataset=... to study.setup")
+        return self.data.num_classes
 
     def provenance_line(self) -> str:
         return (f"Produced by profile **{self.profile}** on **{describe_device(self.device)}** "
                 f"on {self.date_utc} (run directory `{self.run_dir.name}`, torch {torch.__version__}, "
                 f"commit {git_commit()['short'] or 'unknown'}).")
+
+    def summary(self) -> str:
+        """The chapter's opening line: provenance, and the data when it has some."""
+        data = f" Data: {describe_data(self.data)}." if self.data is not None else ""
+        return self.provenance_line() + data
 
     def require(self, path: Path, chapter: str) -> Path:
         """`path` if it exists, else a clear error naming the chapter that makes it."""
@@ -90,16 +132,31 @@ def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: st
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    chapter = Chapter(name, run_dir, profile, dev, seed, now)
-    record_path = run_dir / "provenance.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    layout = RunLayout(run_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    chapter = Chapter(name, layout.root, profile, dev, seed, now)
+    record = json.loads(layout.provenance.read_text()) if layout.provenance.is_file() else {}
     record[name] = {"profile": profile, "device": describe_device(dev), "date_utc": now,
                     "commit": git_commit()["short"], "torch": torch.__version__, "host": platform.node()}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    layout.provenance.write_text(json.dumps(record, indent=1) + "\n")
     return chapter
+
+
+def setup(name: str, *, run_dir: str | Path, profile: str = "custom", device: str = "auto", seed: int = 0,
+          threads: int | None = None, backbone: str | None = None, input_size: int | None = None,
+          dataset: str | None = None, data_dir: str | None = None, limit_train: int | None = None,
+          limit_test: int | None = None, batch_size: int | None = None) -> Chapter:
+    """The first call of every chapter: `start`, then (when `dataset` is given) its data and its
+    (train, test) loaders on the chapter's device. Show `ctx.summary()` under it."""
+    ch = start(name, run_dir=run_dir, profile=profile, device=device, seed=seed, threads=threads)
+    ch.backbone, ch.input_size = backbone, input_size
+    if dataset is not None:
+        if input_size is None or batch_size is None:
+            raise ValueError("study.setup with a dataset needs input_size and batch_size")
+        ch.data = load_data(dataset, data_dir, input_size, limit_train, limit_test, seed)
+        ch.train_loader, ch.test_loader = loaders(ch.data, batch_size, ch.device, seed)
+    return ch
 
 
 # ---------------------------------------------------------------- data
@@ -149,18 +206,18 @@ def is_finished(out_dir: str | Path, epochs: int) -> bool:
     metrics = Path(out_dir) / METRICS
     if not (Path(out_dir) / CHECKPOINT).is_file() or not metrics.is_file():
         return False
-    import pandas as pd
     return len(pd.read_csv(metrics)) >= epochs
 
 
 def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Path, *, teacher=None,
-          meta=None, run=None):
+          meta=None, run=None, piece: Piece | None = None):
     """`ds.train.fit` with checkpoints in `out_dir`, resuming what is there.
 
-    When the runner gave this piece a deadline ($DS_STUDY_DEADLINE), train epoch by epoch and raise
-    PieceTimeUp before an epoch that would not end in time; the next piece resumes from the
-    checkpoint. `run(cfg)` replaces `fit` (e.g. a gate search, which returns a SearchResult with its
-    metrics in `.extra["metrics"]`); it must resume from `out_dir`.
+    When the runner gave this piece a deadline (`piece`, default: from $DS_STUDY_DEADLINE), train
+    epoch by epoch and raise PieceTimeUp before an epoch that would not end in time (once the
+    piece has done some work); the next piece resumes from the checkpoint. `run(cfg)` replaces
+    `fit` (e.g. a gate search, which returns a SearchResult with its metrics in
+    `.extra["metrics"]`); it must resume from `out_dir`.
     """
     fit_run = run or (lambda c: fit(model, train_loader, test_loader, c, out_dir=out_dir, teacher=teacher,
                                     resume=True, meta=meta))
@@ -170,20 +227,19 @@ def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Pat
         with epoch_log(Path(out_dir) / "train.log"):
             return fit_run(c)
 
-    deadline = piece_deadline()
-    if deadline is None:
+    piece = piece or Piece.from_env()
+    if piece.deadline is None:
         return run(dataclasses.replace(cfg, progress=False))
-    import pandas as pd
     metrics_path = Path(out_dir) / METRICS
     while True:
         done = pd.read_csv(metrics_path) if metrics_path.is_file() else None
         epochs_done = 0 if done is None else len(done)
         if epochs_done < cfg.epochs:
             last = 0.0 if done is None else float(done["seconds"].iloc[-1])
-            if time.time() + 1.3 * last + 10 > deadline:
-                raise PieceTimeUp(f"the time slice ends before epoch {epochs_done + 1}/{cfg.epochs} of {out_dir} "
-                                  f"would (last epoch took {last:.0f} s); rerun to continue from its checkpoint")
+            piece.check(1.3 * last + 10, f"epoch {epochs_done + 1}/{cfg.epochs} of {out_dir} "
+                                         f"(the last epoch took {last:.0f} s)")
         result = run(dataclasses.replace(cfg, progress=False, stop_after_epoch=epochs_done + 1))
+        piece.record_progress()
         metrics = result.metrics if hasattr(result, "metrics") else result.extra["metrics"]   # fit or search
         if len(metrics) >= cfg.epochs:
             return result
@@ -194,10 +250,3 @@ def epoch_log(path: Path):
     """Send what training prints (one line per epoch) to `path` instead of the notebook."""
     with open(path, "a") as log, contextlib.redirect_stdout(log):
         yield
-
-
-def check_time(seconds_needed: float) -> None:
-    """Raise PieceTimeUp when less than `seconds_needed` is left in this piece of the run."""
-    deadline = piece_deadline()
-    if deadline is not None and time.time() + seconds_needed > deadline:
-        raise PieceTimeUp(f"less than {seconds_needed:.0f} s left in this piece; rerun to continue")

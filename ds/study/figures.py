@@ -6,6 +6,8 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from ds.paths import get_module
+
 KEEP, REMOVE = "#3b6ea8", "#f2c14e"
 
 
@@ -90,7 +92,6 @@ def _conv_label(convs: list[nn.Conv2d]) -> str:
 
 def unit_boxes(model: nn.Module, switches) -> list[dict]:
     """Per switch: the convs of that unit in `model` (kernel sizes, channels in -> out, stride)."""
-    from ds.paths import get_module
     boxes = []
     for sw in switches:
         module = get_module(model, sw.path)

@@ -3,17 +3,18 @@
 `profiles.yaml` at the repository root maps a profile name to the chapters' parameters. A profile
 may start from another with `extends: NAME` and override some keys. Keys the runner reads itself
 (not passed to notebooks): description, extends, piece_minutes (end a piece of the run
-after this many minutes; rerun to continue), publish (false: build the book inside the run
-directory instead of book/).
+after this many minutes; rerun to continue), publish (false: `python -m ds.study publish`
+refuses the profile).
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILES_FILE = REPO_ROOT / "profiles.yaml"
+from .layout import CHAPTERS, NOTEBOOKS, PROFILES_FILE, notebook_source
+
 RUNNER_KEYS = ("description", "extends", "piece_minutes", "publish")
 
 
@@ -54,9 +55,42 @@ def load_profile(name: str, path: str | Path | None = None) -> dict:
         merged.update(profiles[profile])
     merged.pop("extends", None)
     merged["profile"] = name
+    check_runner_keys(merged)
     return merged
+
+
+def check_runner_keys(profile: dict) -> None:
+    """Reject runner settings that cannot work, naming the profile, the value and the fix."""
+    minutes = profile.get("piece_minutes")
+    if minutes is None:
+        return
+    if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real) or not minutes > 0:
+        raise ProfileError(f"profile {profile.get('profile')!r}: piece_minutes must be a positive number of "
+                           f"minutes (the length of one piece of the run), got {minutes!r}; remove the key to "
+                           f"run without pieces")
 
 
 def notebook_parameters(profile: dict) -> dict:
     """The profile without the keys the runner keeps for itself."""
     return {k: v for k, v in profile.items() if k not in RUNNER_KEYS}
+
+
+def declared_parameters(chapter: str, notebooks: Path = NOTEBOOKS) -> dict:
+    """The names and defaults of a chapter notebook's `parameters` cell (via papermill)."""
+    import papermill  # optional dependency (the `study` extra); ds.study imports without it
+    return papermill.inspect_notebook(str(notebook_source(chapter, notebooks)))
+
+
+def chapter_parameters(profile: dict, run_dir: str | Path, notebooks: Path = NOTEBOOKS) -> dict[str, dict]:
+    """Per chapter, the profile's values for the parameters that chapter declares, and `run_dir`.
+
+    A profile key that no chapter declares is a typo or a stale name: an error that lists them.
+    """
+    values = dict(notebook_parameters(profile), run_dir=str(run_dir))
+    declared = {chapter: declared_parameters(chapter, notebooks) for chapter in CHAPTERS}
+    known = set().union(*declared.values())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ProfileError(f"profile {profile['profile']!r} sets {', '.join(unknown)}, which no chapter "
+                           f"declares; chapters take: {', '.join(sorted(known))}")
+    return {chapter: {k: v for k, v in values.items() if k in names} for chapter, names in declared.items()}

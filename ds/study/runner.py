@@ -1,29 +1,34 @@
-"""Run the study: the five chapter notebooks in order with papermill, then the book.
+"""Run the study: the five chapter notebooks in order with papermill, then the run's own book.
 
-    python -m ds.study run --profile quick        # runs/quick/, then book/_build/html
+    python -m ds.study run --profile quick        # runs/quick/, its book in runs/quick/book/
     python -m ds.study run --profile full         # GPU; stops after piece_minutes, rerun to continue
 
-Each chapter's executed notebook lands in runs/<profile>/NN_name.ipynb and a marker
-runs/<profile>/NN_name.done once it finished, so a rerun skips finished chapters; inside a
-chapter, training resumes from its checkpoints. The first failure stops the run and names the
-chapter and its error. Everything is logged to runs/<profile>/study.log.
+Each chapter's executed notebook lands in the run directory with a `.done` record of the
+parameters and notebook it ran with (`ds.study.freshness`). A rerun skips current chapters and
+reruns stale ones (their parameters or notebook changed, or a chapter before them was rerun),
+clearing their outputs first; inside a chapter, training resumes from its checkpoints. One process
+at a time holds a run directory (`ds.study.lock`). The first failure stops the run and names the
+chapter and its error. Everything is logged to the run directory's study.log.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from .chapter import DEADLINE_ENV
-from .profiles import REPO_ROOT, ProfileError, load_profile, notebook_parameters
+from . import book as study_book
+from .chapter import DEADLINE_ENV, PROGRESS_ENV
+from .freshness import (chapter_state, chapter_states, done_record, matches, notebook_hash, read_done,
+                        recorded_fingerprint)
+from .layout import CHAPTERS, NOTEBOOKS, REPO_ROOT, RunLayout, notebook_source, relative_to_repo
+from .lock import hold
+from .profiles import ProfileError, chapter_parameters, load_profile
 
-CHAPTERS = ("01_observation", "02_search", "03_finetune", "04_merge", "05_throughput")
-NOTEBOOKS = REPO_ROOT / "notebooks"
-BOOK = REPO_ROOT / "book"
-TIMINGS = "timings.json"
+RUNS = REPO_ROOT / "runs"
 EXIT_PAUSED = 3
 
 
@@ -35,32 +40,32 @@ class PiecePaused(RuntimeError):
     """The time slice of this piece of the run ended inside a chapter; rerun to continue."""
 
 
-def declared_parameters(chapter: str, notebooks: Path = NOTEBOOKS) -> dict:
-    """The names and defaults of a chapter notebook's `parameters` cell (via papermill)."""
-    import papermill
-    return papermill.inspect_notebook(str(notebooks / f"{chapter}.ipynb"))
+class StaleRun(RuntimeError):
+    """A book was asked of a run whose chapters are not all finished with the current parameters."""
 
 
-def chapter_parameters(profile: dict, run_dir: Path, notebooks: Path = NOTEBOOKS) -> dict[str, dict]:
-    """Per chapter, the profile's values for the parameters that chapter declares.
-
-    A profile key that no chapter declares is a typo or a stale name: an error that lists them.
-    """
-    values = dict(notebook_parameters(profile), run_dir=str(run_dir))
-    declared = {chapter: declared_parameters(chapter, notebooks) for chapter in CHAPTERS}
-    known = set().union(*declared.values())
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ProfileError(f"profile {profile['profile']!r} sets {', '.join(unknown)}, which no chapter "
-                           f"declares; chapters take: {', '.join(sorted(known))}")
-    return {chapter: {k: v for k, v in values.items() if k in names} for chapter, names in declared.items()}
+def run_layout(profile_name: str, run_root: str | Path = RUNS) -> RunLayout:
+    return RunLayout((Path(run_root) / profile_name).resolve())
 
 
-def _logger(run_dir: Path) -> logging.Logger:
+def run_parameters(profile: dict, layout: RunLayout, notebooks: Path = NOTEBOOKS) -> dict[str, dict]:
+    """Per chapter, its papermill parameters; `run_dir` relative to the repository when inside it
+    (the notebooks run with the repository as working directory)."""
+    return chapter_parameters(profile, relative_to_repo(layout.root), notebooks)
+
+
+def not_current(layout: RunLayout, parameters: dict[str, dict], notebooks: Path = NOTEBOOKS) -> list[str]:
+    """'chapter: why' for every chapter that is missing or stale."""
+    return [f"{s.chapter} ({s.reason})" for s in chapter_states(layout, parameters, notebooks) if s.status != "current"]
+
+
+def _logger(layout: RunLayout) -> logging.Logger:
     log = logging.getLogger("ds.study")
     log.setLevel(logging.INFO)
-    log.handlers.clear()
-    file = logging.FileHandler(run_dir / "study.log")
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+    file = logging.FileHandler(layout.log)
     file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     screen = logging.StreamHandler(sys.stdout)
     screen.setFormatter(logging.Formatter("[study] %(message)s"))
@@ -74,69 +79,151 @@ def _logger(run_dir: Path) -> logging.Logger:
     return log
 
 
-def run_chapter(chapter: str, parameters: dict, run_dir: Path, log: logging.Logger,
-                notebooks: Path = NOTEBOOKS) -> float:
+def run_chapter(chapter: str, parameters: dict, layout: RunLayout, notebooks: Path = NOTEBOOKS) -> float:
     """Execute one chapter with papermill (kernel python3, cwd the repository); seconds taken."""
-    import papermill
+    import papermill  # optional dependency (the `study` extra); ds.study imports without it
     from papermill.exceptions import PapermillExecutionError
 
-    output = run_dir / f"{chapter}.ipynb"
+    output = layout.notebook(chapter)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(str(notebooks / f"{chapter}.ipynb"), str(output), parameters=parameters,
+        papermill.execute_notebook(str(notebook_source(chapter, notebooks)), str(output), parameters=parameters,
                                    kernel_name="python3", cwd=str(REPO_ROOT), log_output=True,
                                    progress_bar=False)
     except PapermillExecutionError as err:
         if err.ename in ("PieceTimeUp", "ds.study.chapter.PieceTimeUp"):
             raise PiecePaused(f"{chapter}: {err.evalue}") from None
+        if err.ename == "KeyboardInterrupt":   # Ctrl-C reached the kernel before this process
+            raise KeyboardInterrupt from None
         raise ChapterFailed(f"chapter {chapter} failed: {err.ename}: {err.evalue}\n"
-                            f"executed notebook with the traceback: {output}; log: {run_dir / 'study.log'}") from None
+                            f"executed notebook with the traceback: {output}; log: {layout.log}") from None
     return time.perf_counter() - start
 
 
-def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = REPO_ROOT / "runs",
-              chapters=None, restart: bool = False, book: bool = True, notebooks: Path = NOTEBOOKS) -> Path:
-    """Run the chapters not yet finished, then publish and build the book; the run directory."""
+def clear_outputs(layout: RunLayout, chapter: str) -> None:
+    """Remove what a chapter wrote (it ran with other parameters or on other inputs)."""
+    paths = [layout.chapter_dir(chapter), layout.notebook(chapter)]
+    if chapter == CHAPTERS[0]:
+        paths.append(layout.base_dir)
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, chapters=None,
+              restart: bool = False, book: bool = True, notebooks: Path = NOTEBOOKS) -> Path:
+    """Run the chapters not current, then build the run's own book; the run directory."""
     profile = load_profile(profile_name, profiles_file)
-    run_dir = (Path(run_root) / profile_name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = _logger(run_dir)
-    parameters = chapter_parameters(profile, run_dir, notebooks)
     chosen = list(chapters or CHAPTERS)
     bad = [c for c in chosen if c not in CHAPTERS]
     if bad:
         raise ProfileError(f"unknown chapter(s) {', '.join(bad)}; chapters: {', '.join(CHAPTERS)}")
-    if restart:
-        for chapter in chosen:
-            (run_dir / f"{chapter}.done").unlink(missing_ok=True)
+    layout = run_layout(profile_name, run_root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with hold(layout.lock):
+        log = _logger(layout)
+        parameters = run_parameters(profile, layout, notebooks)
+        _run_chapters(profile, layout, parameters, chosen, restart, log, notebooks)
+        if book:
+            stale = not_current(layout, parameters, notebooks)
+            if stale:
+                raise StaleRun(f"the run's book needs every chapter finished with the current parameters; not so: "
+                               f"{'; '.join(stale)}. Run python -m ds.study run --profile {profile_name} (without "
+                               f"--chapters) to bring them up to date, or pass --no-book")
+            html = study_book.build_run_book(layout, log)
+            log.info(f"book of this run: {html}")
+    return layout.root
 
+
+def _run_chapters(profile: dict, layout: RunLayout, parameters: dict, chosen: list[str], restart: bool,
+                  log: logging.Logger, notebooks: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    deadline = None
     if profile.get("piece_minutes"):
-        os.environ[DEADLINE_ENV] = str(time.time() + 60 * float(profile["piece_minutes"]))
+        deadline = time.time() + 60 * float(profile["piece_minutes"])
+        os.environ[DEADLINE_ENV] = str(deadline)
     else:
         os.environ.pop(DEADLINE_ENV, None)
-    timings_path = run_dir / TIMINGS
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    log.info(f"profile {profile_name}: {profile.get('description', '')}".rstrip(": "))
-    log.info(f"run directory {run_dir}")
+    os.environ[PROGRESS_ENV] = "0"
+    timings = json.loads(layout.timings.read_text()) if layout.timings.is_file() else {}
+    log.info(f"profile {profile['profile']}: {profile.get('description', '')}".rstrip(": "))
+    log.info(f"run directory {layout.root}")
+    progressed, before = False, None
     for chapter in CHAPTERS:
+        previous = recorded_fingerprint(layout, before) if before else None
+        if restart and chapter in chosen:
+            layout.done(chapter).unlink(missing_ok=True)
+        state = chapter_state(layout, chapter, parameters[chapter], previous, before, notebooks)
+        before = chapter
         if chapter not in chosen:
+            if state.status == "stale":
+                log.info(f"{chapter}: stale ({state.reason}), not chosen by --chapters")
             continue
-        marker = run_dir / f"{chapter}.done"
-        if marker.exists():
-            log.info(f"{chapter}: finished before, skipped (delete {marker.name} to rerun it)")
+        if state.status == "current":
+            log.info(f"{chapter}: finished before with these parameters, skipped "
+                     f"(--restart --chapters {chapter} reruns it)")
             continue
+        notebook = notebook_hash(notebook_source(chapter, notebooks))
+        started = read_done(layout.started(chapter))
+        if state.status == "stale":
+            log.info(f"{chapter}: rerunning from scratch: {state.reason}")
+            layout.done(chapter).unlink()
+            clear_outputs(layout, chapter)
+        elif started is not None and not matches(started, parameters[chapter], notebook, previous):
+            log.info(f"{chapter}: an unfinished earlier attempt ran with other parameters, inputs or notebook; "
+                     f"starting from scratch")
+            clear_outputs(layout, chapter)
+        if deadline is not None and progressed and time.time() > deadline:
+            raise PiecePaused(f"the time slice ended before {chapter} started")
         log.info(f"{chapter}: running")
-        seconds = run_chapter(chapter, parameters[chapter], run_dir, log, notebooks)
+        now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record = done_record(parameters[chapter], notebook, previous, now)
+        layout.started(chapter).write_text(json.dumps(record, indent=1) + "\n")
+        seconds = run_chapter(chapter, parameters[chapter], layout, notebooks)
         timings[chapter] = seconds   # the piece that finished it
-        timings_path.write_text(json.dumps(timings, indent=1) + "\n")
-        marker.write_text(time.strftime("%Y-%m-%d %H:%M:%S UTC\n", time.gmtime()))
+        layout.timings.write_text(json.dumps(timings, indent=1) + "\n")
+        record["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        layout.done(chapter).write_text(json.dumps(record, indent=1) + "\n")
+        layout.started(chapter).unlink()
+        progressed = True
+        os.environ[PROGRESS_ENV] = "1"
         log.info(f"{chapter}: done in {seconds:.0f} s")
     log.info(f"chapters finished; time of the finishing pieces: {sum(timings.values()):.0f} s")
-    if book:
-        from .book import build_book, publish
-        book_dir = BOOK if profile.get("publish", True) else run_dir / "book"
-        publish(run_dir, book_dir, log)
-        html = build_book(book_dir, log)
-        log.info(f"book: {html}")
-    return run_dir
+
+
+def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS,
+               notebooks: Path = NOTEBOOKS) -> Path:
+    """Build the book of a finished run inside its run directory; the path of its index.html."""
+    profile = load_profile(profile_name, profiles_file)
+    layout = run_layout(profile_name, run_root)
+    with hold(layout.lock):
+        stale = not_current(layout, run_parameters(profile, layout, notebooks), notebooks)
+        if stale:
+            raise StaleRun(f"run {layout.root} is not finished with the current parameters: {'; '.join(stale)}; "
+                           f"run python -m ds.study run --profile {profile_name} first")
+        return study_book.build_run_book(layout)
+
+
+def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, book_dir: Path | None = None,
+            notebooks: Path = NOTEBOOKS) -> Path:
+    """Publish a complete, current run into the tracked book (default book/) and build it; the path
+    of its index.html. Refuses, before touching anything, a profile marked `publish: false` and a
+    run with a missing or stale chapter."""
+    profile = load_profile(profile_name, profiles_file)
+    if not profile.get("publish", True):
+        raise study_book.NotPublishable(f"profile {profile_name!r} is marked publish: false (its results are not "
+                                        f"the book's); publish a run of another profile, e.g. --profile quick")
+    layout = run_layout(profile_name, run_root)
+    if not layout.root.is_dir():
+        raise study_book.NotPublishable(f"no run of profile {profile_name!r} in {layout.root}: run "
+                                        f"python -m ds.study run --profile {profile_name} first")
+    with hold(layout.lock):
+        stale = not_current(layout, run_parameters(profile, layout, notebooks), notebooks)
+        if stale:
+            raise study_book.NotPublishable(
+                f"run {layout.root} is not complete with the current parameters of profile {profile_name!r}: "
+                f"{'; '.join(stale)}. Run python -m ds.study run --profile {profile_name} until it finishes, "
+                f"then publish; book/ is unchanged")
+        return study_book.publish(layout, book_dir or study_book.BOOK)

@@ -1,17 +1,26 @@
-"""The chapters' experiments that are more than one call: each writes its table to the run
-directory row by row and skips rows already there, so an interrupted chapter resumes."""
+"""The chapters' experiments: each takes the chapter's context (`study.setup`) and the chapter's
+parameters, writes its table to the run directory (row by row where a row is expensive, skipping
+rows already there, so an interrupted chapter resumes) and returns it for the notebook to show."""
 from __future__ import annotations
 
+import glob
 import json
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 import ds
-from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, evaluate, fit, save_checkpoint
+from ds import bench, gating
+from ds.meta import info as net_info
+from ds.patterns import resolve_pattern
+from ds.provenance import resolve_device
+from ds.train import TrainConfig, build_model, evaluate, fit, save_checkpoint
 
-from .chapter import Chapter, check_time, epoch_log, load_model, train
+from .chapter import Chapter, epoch_log, load_model, loaders, train
 
 
 def _append(path: Path, rows: list[dict], row: dict) -> None:
@@ -27,83 +36,150 @@ def all_ones(model) -> list[int]:
     return [1] * len(ds.switches(model))
 
 
-def removable_blocks(model) -> list:
-    """The switches of blocks whose activations can be removed (stem and head are not blocks)."""
-    return [s for s in ds.switches(model) if s.kind == "block" and s.switchable]
-
-
 def removed_blocks(model, pattern) -> int:
     """Blocks (not stem or head) whose activations `pattern` removes."""
-    return sum(1 for s in removable_blocks(model) if pattern[s.index] == 0)
+    return sum(1 for s in gating.searchable_switches(model) if pattern[s.index] == 0)
+
+
+def load_base(ch: Chapter):
+    """The trained base network of this run (chapter 1 makes it), on the chapter's device."""
+    path = ch.require(ch.layout.base_checkpoint, "01_observation")
+    return load_model(ch.backbone, ch.num_classes, ch.input_size, path).to(ch.device)
 
 
 # ---------------------------------------------------------------- chapter 1
 
-def train_base(ch: Chapter, backbone: str, num_classes: int, input_size: int, train_loader, test_loader,
-               epochs: int, lr: float, base_checkpoint: str | None = None) -> pd.DataFrame:
+def train_base(ch: Chapter, epochs: int, lr: float, base_checkpoint: str | None = None) -> pd.DataFrame:
     """Train the base network into <run_dir>/base (resuming), or adopt `base_checkpoint`; its metrics."""
-    base_dir = ch.base_dir
+    layout = ch.layout
     if base_checkpoint:
-        if (base_dir / CHECKPOINT).is_file():
-            return pd.read_csv(base_dir / METRICS)
-        model = build_model(backbone, num_classes, input_size, init=base_checkpoint).to(ch.device)
-        test = evaluate(model, test_loader)
-        base_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), "meta": ds.meta.info(model).as_dict(), "epoch": -1}, base_dir / CHECKPOINT)
+        if layout.base_checkpoint.is_file():
+            return pd.read_csv(layout.base_metrics)
+        model = build_model(ch.backbone, ch.num_classes, ch.input_size, init=base_checkpoint).to(ch.device)
+        test = evaluate(model, ch.test_loader)
+        layout.base_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "meta": net_info(model).as_dict(), "epoch": -1}, layout.base_checkpoint)
         metrics = pd.DataFrame([{"epoch": 0, "test_loss": test["loss"], "test_acc": test["acc"],
                                  "source": str(base_checkpoint)}])
-        metrics.to_csv(base_dir / METRICS, index=False)
+        metrics.to_csv(layout.base_metrics, index=False)
         return metrics
-        return pd.read_csv(base_dir / METRICS)
-    model = build_model(backbone, num_classes, input_size)
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=ch.seed)
-    return train(model, train_loader, test_loader, cfg, base_dir, meta=ds.meta.info(model)).metrics
+    return train(model, ch.train_loader, ch.test_loader, cfg, layout.base_dir, meta=net_info(model),
+                 piece=ch.piece).metrics
 
 
-def load_base(ch: Chapter, backbone: str, num_classes: int, input_size: int):
-    """The trained base network of this run (chapter 1 makes it), on the chapter's device."""
-    path = ch.require(ch.base_dir / CHECKPOINT, "01_observation")
-    return load_model(backbone, num_classes, input_size, path).to(ch.device)
-
-
-def block_removal(ch: Chapter, backbone: str, num_classes: int, input_size: int, train_loader, test_loader,
-                  lr: float) -> pd.DataFrame:
+def block_removal(ch: Chapter, train_images: int, test_images: int, lr: float,
+                  batch_size: int) -> tuple[pd.DataFrame, float]:
     """For each removable block alone: test top-1 right after removing its activations and after
-    one short finetuning epoch on `train_loader` (written to removal.csv row by row)."""
-    path = ch.out / "removal.csv"
+    one short finetuning epoch, on subsets of `train_images` / `test_images` (removal.csv, row by
+    row). Returns the table and the base network's top-1 on the same test subset."""
+    observe = ch.data.limit(train_images, test_images, seed=ch.seed)
+    train_loader, test_loader = loaders(observe, batch_size, ch.device, ch.seed)
+    path = ch.layout.removal_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = _rows(path)
     finished = {r["switch"] for r in rows}
-    base_ckpt = ch.base_dir / CHECKPOINT
-    base = load_model(backbone, num_classes, input_size, base_ckpt)
-    for sw in removable_blocks(base):
+    base_ckpt = ch.layout.base_checkpoint
+    base = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt)
+    last = 0.0
+    for sw in gating.searchable_switches(base):
         if sw.index in finished:
             continue
-        check_time(60)
+        ch.piece.check(1.3 * last + 5, f"block {sw.index}'s removal experiment (the last took {last:.0f} s)")
+        started = time.perf_counter()
         pattern = all_ones(base)
         pattern[sw.index] = 0
-        shrunk = build_model(backbone, num_classes, input_size, pattern, init=base_ckpt).to(ch.device)
+        shrunk = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern, init=base_ckpt).to(ch.device)
         removed = evaluate(shrunk, test_loader)["acc"]
-        with epoch_log(ch.out / "removal_train.log"):
+        with epoch_log(ch.layout.removal_log):
             fit(shrunk, train_loader, None, TrainConfig(epochs=1, lr=lr, warmup_epochs=0, seed=ch.seed, progress=False))
         finetuned = evaluate(shrunk, test_loader)["acc"]
         _append(path, rows, {"switch": sw.index, "block": sw.path, "stride": sw.stride, "skip": sw.skip,
                              "channels": f"{sw.in_channels}>{sw.out_channels}",
                              "acc_removed": removed, "acc_finetuned": finetuned})
-    return pd.DataFrame(rows)
+        ch.piece.record_progress()
+        last = time.perf_counter() - started
+    base_acc = evaluate(load_base(ch), test_loader)["acc"]
+    return pd.DataFrame(rows), base_acc
+
+
+@dataclass
+class Comparison:
+    """Chapter 1's comparison: the table, the pattern, and how many of the blocks it makes linear."""
+    table: pd.DataFrame
+    pattern: list[int]
+    linear_blocks: int
+    removable_blocks: int
+
+
+def compare_with_scratch(ch: Chapter, pattern, base_metrics: pd.DataFrame, finetune_epochs: int,
+                         finetune_lr: float, base_epochs: int, base_lr: float) -> Comparison:
+    """The paper's core comparison (comparison.csv): the same shrunk network obtained from the
+    trained base (before and after finetuning) and trained from scratch for as many epochs.
+
+    `pattern` is a name of ds.PATTERNS or a 0/1 list, one entry per switch."""
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
+    bits = resolve_pattern(model, pattern, len(ds.switches(model)))
+    after = build_model(ch.backbone, ch.num_classes, ch.input_size, bits, init=ch.layout.base_checkpoint)
+    acc_removed = evaluate(after.to(ch.device), ch.test_loader)["acc"]
+    after_metrics = train(after, ch.train_loader, ch.test_loader,
+                          TrainConfig(epochs=finetune_epochs, lr=finetune_lr, warmup_epochs=0, seed=ch.seed),
+                          ch.layout.removed_finetuned_dir, meta=net_info(after), piece=ch.piece).metrics
+    scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)
+    scratch_metrics = train(scratch, ch.train_loader, ch.test_loader,
+                            TrainConfig(epochs=base_epochs + finetune_epochs, lr=base_lr, seed=ch.seed),
+                            ch.layout.scratch_dir, meta=net_info(scratch), piece=ch.piece).metrics
+    name = pattern if isinstance(pattern, str) else "".join(map(str, bits))
+    trained = len(base_metrics)
+    table = pd.DataFrame([
+        {"network": "base (all activations)", "how": "trained", "epochs": trained,
+         "top-1 (%)": base_metrics["test_acc"].iloc[-1]},
+        {"network": name, "how": "activations removed after training, no finetune", "epochs": trained,
+         "top-1 (%)": acc_removed},
+        {"network": name, "how": "activations removed after training, finetuned",
+         "epochs": trained + finetune_epochs, "top-1 (%)": after_metrics["test_acc"].iloc[-1]},
+        {"network": name, "how": "trained from scratch without those activations",
+         "epochs": base_epochs + finetune_epochs, "top-1 (%)": scratch_metrics["test_acc"].iloc[-1]},
+    ])
+    table.to_csv(ch.layout.comparison_csv, index=False)
+    return Comparison(table, bits, removed_blocks(model, bits), len(gating.searchable_switches(model)))
 
 
 # ---------------------------------------------------------------- chapter 2
 
-def candidate_patterns(base, searches: dict[int, "ds.gating.SearchResult"], sensitivity, random_seed: int,
+def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float) -> dict:
+    """The gate search from the base network at every budget ({budget: SearchResult}); each
+    resumes from its checkpoint in <run_dir>/02_search/k<budget>/."""
+    searches = {}
+    for budget in budgets:
+        cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=ch.seed)
+        out = ch.layout.search_dir(budget)
+        searches[budget] = train(
+            None, ch.train_loader, ch.test_loader, cfg, out, piece=ch.piece,
+            run=lambda c, out=out, budget=budget: gating.search(base, ch.train_loader, ch.test_loader, budget, c,
+                                                                out_dir=out, resume=True,
+                                                                meta=net_info(base)))
+        searches[budget].extra["metrics"].to_csv(out / "search_metrics.csv", index=False)
+    return searches
+
+
+def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
+    """The one-shot baseline: blocks ranked by the top-1 drop when linearized alone."""
+    subset = ch.data.limit(None, test_images, seed=ch.seed)
+    _, test_loader = loaders(subset, batch_size, ch.device, ch.seed)
+    return gating.sensitivity_ranking(base, test_loader)
+
+
+def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int,
                        backbone: str) -> dict[str, list[int]]:
     """Searched, sensitivity and random patterns at every searched budget, then the paper's (when
     it has patterns for this backbone)."""
-    from ds import gating
     patterns = {}
     for budget, result in searches.items():
         patterns[f"searched-k{budget}"] = result.pattern(budget)
     for budget in searches:
-        patterns[f"sensitivity-k{budget}"] = sensitivity.pattern(budget)
+        patterns[f"sensitivity-k{budget}"] = sensitivity_result.pattern(budget)
     for budget in searches:
         patterns[f"random-k{budget}"] = gating.random_patterns(base, budget, 1, seed=random_seed)[0]
     for name, pattern in ds.PATTERNS.get(backbone, {}).items():
@@ -112,12 +188,14 @@ def candidate_patterns(base, searches: dict[int, "ds.gating.SearchResult"], sens
 
 
 def write_patterns(ch: Chapter, patterns: dict[str, list[int]]) -> None:
-    """Chapter 2's candidate patterns, for chapter 3: <run_dir>/02_search/patterns.json."""
-    (ch.out / "patterns.json").write_text(json.dumps(patterns, indent=1) + "\n")
+    """Chapter 2's candidate patterns, for chapter 3."""
+    path = ch.layout.patterns_json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(patterns, indent=1) + "\n")
 
 
 def read_patterns(ch: Chapter) -> dict[str, list[int]]:
-    return json.loads(ch.require(ch.run_dir / "02_search" / "patterns.json", "02_search").read_text())
+    return json.loads(ch.require(ch.layout.patterns_json, "02_search").read_text())
 
 
 def select_patterns(candidates: dict[str, list[int]], wanted: list[str]) -> dict[str, list[int]]:
@@ -136,82 +214,163 @@ def select_patterns(candidates: dict[str, list[int]], wanted: list[str]) -> dict
 
 # ---------------------------------------------------------------- chapter 3
 
-def finetune_dir(ch_run_dir: Path, pattern_name: str, distill: bool) -> Path:
-    return Path(ch_run_dir) / "03_finetune" / pattern_name / ("distill" if distill else "plain")
-
-
-def finetune_patterns(ch: Chapter, backbone: str, num_classes: int, input_size: int, patterns: dict,
-                      train_loader, test_loader, epochs: int, lr: float, distill_modes=(False, True),
+def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, lr: float, distill_modes=(False, True),
                       distill_alpha: float = 0.7) -> pd.DataFrame:
     """Finetune every pattern from the base weights, with and without self-distillation from the
     base network; results.csv has one row per (pattern, distill)."""
-    base_ckpt = ch.base_dir / CHECKPOINT
-    teacher = load_model(backbone, num_classes, input_size, base_ckpt)
+    base_ckpt = ch.layout.base_checkpoint
+    teacher = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt)
     rows = []
     for name, pattern in patterns.items():
         for distill in distill_modes:
-            model = build_model(backbone, num_classes, input_size, pattern, init=base_ckpt).to(ch.device)
-            before = evaluate(model, test_loader)["acc"]
+            model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern, init=base_ckpt).to(ch.device)
+            before = evaluate(model, ch.test_loader)["acc"]
             cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, distill_alpha=distill_alpha, seed=ch.seed)
-            metrics = train(model, train_loader, test_loader, cfg, finetune_dir(ch.run_dir, name, distill),
-                            teacher=teacher if distill else None, meta=ds.meta.info(model)).metrics
+            metrics = train(model, ch.train_loader, ch.test_loader, cfg, ch.layout.finetune_dir(name, distill),
+                            teacher=teacher if distill else None, meta=net_info(model), piece=ch.piece).metrics
             rows.append({"pattern": name, "removed_blocks": removed_blocks(teacher, pattern), "distill": distill,
                          "acc_before": before, "acc": metrics["test_acc"].iloc[-1],
                          "pattern_bits": "".join(map(str, pattern))})
     table = pd.DataFrame(rows)
-    table.to_csv(ch.out / "results.csv", index=False)
+    table.to_csv(ch.layout.finetune_results, index=False)
     return table
 
 
-def finetuned_networks(ch: Chapter, backbone: str, num_classes: int, input_size: int):
+def finetune_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per pattern: top-1 right after removal, finetuned, and finetuned with distillation."""
+    table = results.pivot_table(index=["pattern", "removed_blocks"], columns="distill", values=["acc_before", "acc"])
+    table.columns = [f"{'top-1 right after removal' if v == 'acc_before' else 'top-1 finetuned'}"
+                     f"{' (distilled)' if d else ''}" for v, d in table.columns]
+    return table.loc[:, ~table.columns.duplicated()].drop(columns=["top-1 right after removal (distilled)"],
+                                                          errors="ignore")
+
+
+def finetuned_networks(ch: Chapter):
     """(name, distill, pattern, model) for every network chapter 3 finetuned."""
-    results = pd.read_csv(ch.require(ch.run_dir / "03_finetune" / "results.csv", "03_finetune"),
-                          dtype={"pattern_bits": str})
+    results = pd.read_csv(ch.require(ch.layout.finetune_results, "03_finetune"), dtype={"pattern_bits": str})
     for row in results.itertuples():
         pattern = [int(b) for b in row.pattern_bits]
-        path = finetune_dir(ch.run_dir, row.pattern, bool(row.distill)) / CHECKPOINT
-        yield row.pattern, bool(row.distill), pattern, load_model(backbone, num_classes, input_size, path, pattern)
+        path = ch.layout.finetune_checkpoint(row.pattern, bool(row.distill))
+        yield row.pattern, bool(row.distill), pattern, load_model(ch.backbone, ch.num_classes, ch.input_size,
+                                                                  path, pattern)
 
 
 # ---------------------------------------------------------------- chapter 4
 
-def merge_all(ch: Chapter, backbone: str, num_classes: int, input_size: int, test_loader) -> pd.DataFrame:
-    """Merge every finetuned network: verification error, MACs and parameters before and after,
-    top-1 of the unmerged and the merged network (merge.csv)."""
-    base = load_base(ch, backbone, num_classes, input_size).cpu()
-    rows = [{"pattern": "base", "distill": False, "removed_blocks": 0, "max_abs": 0.0, "max_rel": 0.0,
-             "macs_unmerged": ds.macs(base, input_size), "macs_merged": ds.macs(base, input_size),
-             "params_unmerged": ds.params(base), "params_merged": ds.params(base),
-             "acc_unmerged": evaluate(base.to(ch.device), test_loader)["acc"], "acc_merged": None}]
-    rows[0]["acc_merged"] = evaluate(ds.merge(base.cpu(), input_size=input_size).to(ch.device), test_loader)["acc"]
-    for name, distill, pattern, shrunk in finetuned_networks(ch, backbone, num_classes, input_size):
-        merged = ds.merge(shrunk, input_size=input_size)
-        error = ds.verify(shrunk, merged, input_size)
-        rows.append({"pattern": name, "distill": distill, "removed_blocks": removed_blocks(base, pattern),
-                     "max_abs": error["max_abs"], "max_rel": error["max_rel"],
-                     "macs_unmerged": ds.macs(shrunk, input_size), "macs_merged": ds.macs(merged, input_size),
-                     "params_unmerged": ds.params(shrunk), "params_merged": ds.params(merged),
-                     "acc_unmerged": evaluate(shrunk.to(ch.device), test_loader)["acc"],
-                     "acc_merged": evaluate(merged.to(ch.device), test_loader)["acc"]})
+def save_network(model, path: Path) -> None:
+    """Save a whole (merged) network, its ds.meta record included; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model, tmp)
+    os.replace(tmp, path)
+
+
+def load_network(path: Path):
+    """A network `save_network` wrote (it is a whole pickled module: load only your own runs' files)."""
+    return torch.load(path, map_location="cpu", weights_only=False).eval()
+
+
+@dataclass
+class Merged:
+    """Chapter 4's merge: the table, and every merged network keyed by (pattern, distill)."""
+    table: pd.DataFrame
+    networks: dict
+
+    def network(self, pattern: str):
+        """The merged network of `pattern`: its distilled finetune when there is one."""
+        key = (pattern, True) if (pattern, True) in self.networks else (pattern, False)
+        return self.networks[key]
+
+
+def _merge_row(ch: Chapter, name: str, distill: bool, removed: int, unmerged, merged) -> dict:
+    record = net_info(merged)
+    size = ch.input_size
+    return {"pattern": name, "distill": distill, "removed_blocks": removed,
+            "max_abs": record.merge_max_abs, "max_rel": record.merge_max_rel,
+            "macs_unmerged": ds.macs(unmerged, size), "macs_merged": ds.macs(merged, size),
+            "params_unmerged": ds.params(unmerged), "params_merged": ds.params(merged),
+            "acc_unmerged": evaluate(unmerged.to(ch.device), ch.test_loader)["acc"],
+            "acc_merged": evaluate(merged.to(ch.device), ch.test_loader)["acc"]}
+
+
+def merge_all(ch: Chapter) -> Merged:
+    """Merge the base network (BN folded) and every finetuned network once: merge errors (as
+    `ds.merge` recorded them), MACs and parameters before and after, top-1 of the unmerged and the
+    merged network (merge.csv). Each merged network is saved for chapter 5."""
+    base = load_base(ch).cpu()
+    networks, rows = {}, []
+    entries = [("base", False, all_ones(base), base)] + list(finetuned_networks(ch))
+    for name, distill, pattern, unmerged in entries:
+        merged = ds.merge(unmerged.cpu(), input_size=ch.input_size)
+        save_network(merged, ch.layout.merged_network(name, distill))
+        rows.append(_merge_row(ch, name, distill, removed_blocks(base, pattern), unmerged, merged))
+        networks[(name, distill)] = merged.cpu()
     table = pd.DataFrame(rows)
-    table.to_csv(ch.out / "merge.csv", index=False)
-    return table
+    table.to_csv(ch.layout.merge_csv, index=False)
+    return Merged(table, networks)
+
+
+def most_removed(merged: Merged, wanted: str | None = None) -> str:
+    """The pattern to draw: `wanted`, else the (distilled) network with the most removed blocks."""
+    table = merged.table[merged.table["pattern"] != "base"]
+    if wanted is not None:
+        if wanted not in set(table["pattern"]):
+            raise ValueError(f"diagram_pattern {wanted!r} is not among the merged networks: "
+                             f"{', '.join(table['pattern'].unique())}")
+        return wanted
+    distilled = table[table["distill"]] if table["distill"].any() else table
+    return distilled.sort_values("removed_blocks", ascending=False, kind="stable")["pattern"].iloc[0]
 
 
 # ---------------------------------------------------------------- chapter 5
 
-def merged_networks(ch: Chapter, backbone: str, num_classes: int, input_size: int, distill: bool = True) -> dict:
-    """{'base': the BN-folded base, pattern name: merged finetuned network} (distilled ones by default)."""
-    base = load_base(ch, backbone, num_classes, input_size).cpu()
-    models = {"base": ds.merge(base, input_size=input_size)}
-    for name, was_distilled, _, shrunk in finetuned_networks(ch, backbone, num_classes, input_size):
-        if was_distilled == distill:
-            models[name] = ds.merge(shrunk.cpu(), input_size=input_size)
+def merged_networks(ch: Chapter, distill: bool = True) -> dict:
+    """{'base': the BN-folded base, pattern name: merged finetuned network} as chapter 4 saved
+    them (the distilled finetunes by default)."""
+    table = pd.read_csv(ch.require(ch.layout.merge_csv, "04_merge"))
+    models = {}
+    for row in table.itertuples():
+        if row.pattern == "base" or bool(row.distill) == distill:
+            path = ch.require(ch.layout.merged_network(row.pattern, bool(row.distill)), "04_merge")
+            models[row.pattern] = load_network(path)
     return models
 
 
 def bench_devices(devices: str | list[str]) -> list[str]:
-    """'auto': the CPU, and the GPU when there is one."""
-    if devices == "auto":
-        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return list(devices)
+    """'auto': the CPU, and the GPU when there is one; else the listed devices (each checked)."""
+    names = ["cpu", "auto"] if devices == "auto" else ([devices] if isinstance(devices, str) else list(devices))
+    resolved = []
+    for name in names:
+        device = str(resolve_device(name))
+        if device not in resolved:
+            resolved.append(device)
+    return resolved
+
+
+def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, repeats: int = 5,
+               min_time: float = 0.2, threads: int | None = None) -> pd.DataFrame:
+    """Images/s of the BN-folded base and every merged (distilled) network on each device, with
+    the speed-up over the base and the top-1 chapter 4 measured (throughput.csv)."""
+    size = input_size or ch.input_size
+    models = merged_networks(ch)
+    accuracy = pd.read_csv(ch.layout.merge_csv)
+    accuracy = accuracy[(accuracy["pattern"] == "base") | accuracy["distill"]].set_index("pattern")["acc_merged"]
+    rows = []
+    for device in bench_devices(devices):
+        results = bench.measure(models, size, batch, device, repeats=repeats, min_time=min_time, threads=threads)
+        for name, r in results.items():
+            rows.append({"device": device, "device_name": r.device_name, "pattern": name,
+                         "MMACs": ds.macs(models[name], size) / 1e6, "img_s_median": r.img_s_median,
+                         "img_s_min": r.img_s_min, "img_s_max": r.img_s_max,
+                         "speedup": r.img_s_median / results["base"].img_s_median,
+                         "top1": accuracy[name], "delta_acc": accuracy[name] - accuracy["base"]})
+    table = pd.DataFrame(rows)
+    path = ch.layout.throughput_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return table
+
+
+def published_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The ds.bench CSVs published under `results_dir` ({path: table}), for the paper's table."""
+    return {path: pd.read_csv(path) for path in sorted(glob.glob(os.path.join(str(results_dir), "*.csv")))}

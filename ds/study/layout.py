@@ -1,0 +1,152 @@
+"""Where the study keeps things: its chapters, notebooks and book sources in the repository, and
+every artifact of a run directory. The runner, the book, the steps and the chapters ask here
+instead of joining paths themselves.
+
+    <run_dir>/NN_name.ipynb            each executed chapter
+    <run_dir>/NN_name.done             a finished chapter: when, and with which parameters (JSON)
+    <run_dir>/NN_name.started          the same for a chapter that started and has not finished
+    <run_dir>/NN_name/                 each chapter's tables, checkpoints and merged networks
+    <run_dir>/base/                    the base network (checkpoint.pt, metrics.csv), chapter 1
+    <run_dir>/provenance.json          profile, device, date, git commit of every chapter
+    <run_dir>/timings.json, study.log  seconds per chapter; the runner's log
+    <run_dir>/study.lock               held by the process running the study in this directory
+    <run_dir>/book/                    the run's own book (sources, executed chapters, pages)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ds.train import CHECKPOINT, METRICS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO_ROOT / "notebooks"
+BOOK = REPO_ROOT / "book"
+PROFILES_FILE = REPO_ROOT / "profiles.yaml"
+
+CHAPTERS = ("01_observation", "02_search", "03_finetune", "04_merge", "05_throughput")
+BOOK_CHAPTERS = "chapters"          # where a book holds the executed chapters
+RESULTS_PAGE = "results.md"         # the page generated from a run's tables
+REPRODUCE_PAGE = "reproduce.md"     # the page generated from profiles.yaml
+# What a book is made of besides its chapters and generated pages (copied from book/).
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "adapt.md", "deviations.md", "images", "_ext")
+
+
+def notebook_source(chapter: str, notebooks: Path = NOTEBOOKS) -> Path:
+    """The unexecuted chapter notebook in the repository."""
+    return Path(notebooks) / f"{chapter}.ipynb"
+
+
+def relative_to_repo(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it, else as given (absolute)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run directory."""
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ------------------------------------------------------------ the runner's files
+    def notebook(self, chapter: str) -> Path:
+        return self.root / f"{chapter}.ipynb"
+
+    def done(self, chapter: str) -> Path:
+        return self.root / f"{chapter}.done"
+
+    def started(self, chapter: str) -> Path:
+        """The record of a chapter that started and has not finished (what it runs with)."""
+        return self.root / f"{chapter}.started"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "study.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "study.lock"
+
+    @property
+    def book(self) -> Path:
+        return self.root / "book"
+
+    # ------------------------------------------------------------ the chapters' outputs
+    def chapter_dir(self, chapter: str) -> Path:
+        return self.root / chapter
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def base_checkpoint(self) -> Path:
+        return self.base_dir / CHECKPOINT
+
+    @property
+    def base_metrics(self) -> Path:
+        return self.base_dir / METRICS
+
+    @property
+    def removal_csv(self) -> Path:
+        return self.chapter_dir("01_observation") / "removal.csv"
+
+    @property
+    def removal_log(self) -> Path:
+        return self.chapter_dir("01_observation") / "removal_train.log"
+
+    @property
+    def removed_finetuned_dir(self) -> Path:
+        return self.chapter_dir("01_observation") / "removed_finetuned"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.chapter_dir("01_observation") / "scratch"
+
+    @property
+    def comparison_csv(self) -> Path:
+        return self.chapter_dir("01_observation") / "comparison.csv"
+
+    def search_dir(self, budget: int) -> Path:
+        return self.chapter_dir("02_search") / f"k{budget}"
+
+    @property
+    def patterns_json(self) -> Path:
+        return self.chapter_dir("02_search") / "patterns.json"
+
+    def finetune_dir(self, pattern: str, distill: bool) -> Path:
+        return self.chapter_dir("03_finetune") / pattern / ("distill" if distill else "plain")
+
+    def finetune_checkpoint(self, pattern: str, distill: bool) -> Path:
+        return self.finetune_dir(pattern, distill) / CHECKPOINT
+
+    @property
+    def finetune_results(self) -> Path:
+        return self.chapter_dir("03_finetune") / "results.csv"
+
+    @property
+    def merge_csv(self) -> Path:
+        return self.chapter_dir("04_merge") / "merge.csv"
+
+    def merged_network(self, pattern: str, distill: bool) -> Path:
+        """A merged network saved whole (torch.save of the module, with its ds.meta record)."""
+        kind = "base" if pattern == "base" else f"{pattern}-{'distill' if distill else 'plain'}"
+        return self.chapter_dir("04_merge") / "networks" / f"{kind}.pt"
+
+    @property
+    def throughput_csv(self) -> Path:
+        return self.chapter_dir("05_throughput") / "throughput.csv"
