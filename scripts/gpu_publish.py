@@ -225,6 +225,7 @@ def run_step(argv: list[str], log_path: Path, seconds: float) -> tuple[int, floa
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             code = 124
+            time.sleep(3)   # papermill's kernel runs in its own session; it exits when its parent is gone
             log.write(f"\n[gpu_publish] stopped after {seconds:.0f} s (the command's time budget)\n")
     return code, time.monotonic() - start
 
@@ -232,6 +233,14 @@ def run_step(argv: list[str], log_path: Path, seconds: float) -> tuple[int, floa
 def log_tail(path: Path, lines: int = 15) -> str:
     text = path.read_text(errors="replace").splitlines() if path.is_file() else []
     return "\n".join("    " + line for line in text[-lines:])
+
+
+def head_commit() -> str | None:
+    """HEAD of this checkout, or None (the GPU machine's copy of the tree has no .git)."""
+    if not (REPO / ".git").exists() or not shutil.which("git"):
+        return None
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def study_profiles(profile: str, piece_minutes: float, target: Path) -> Path:
@@ -299,6 +308,13 @@ def study_files(run_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
         else:
             dropped.append(relative)
     return small, needed, dropped
+
+
+def rollback_dirs(needed: list[Path], done: set[str]) -> list[Path]:
+    """The training folders to give up when the state does not fit: those of needed checkpoints
+    inside the folder of an unfinished chapter (which reruns them from their start next time;
+    base/ and finished chapters' folders are never given up)."""
+    return sorted({r.parent for r in needed if r.parts[0] in chapters() and r.parts[0] not in done})
 
 
 class PartWriter:
@@ -450,6 +466,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--carry-limit-mib", type=float,
                    help="MiB the carried state may take (default: 64 MiB minus the working tree and .whl/)")
     p.add_argument("--part-mib", type=float, default=PART_SIZE / MIB, help="size of archive parts (default 15)")
+    p.add_argument("--commit", default=os.environ.get("DS_GIT_COMMIT"),
+                   help="the commit of this working tree, recorded in the summary and passed to the steps as "
+                        "DS_GIT_COMMIT (the GPU machine's copy has no .git; default: $DS_GIT_COMMIT, else git)")
     p.add_argument("--unpack-only", action="store_true",
                    help="restore the state into the run root and stop (to publish on another machine)")
     return p.parse_args(argv)
@@ -457,7 +476,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    start = time.monotonic()
+    started_at = float(os.environ.get("GPU_PUBLISH_T0") or time.time())   # set by gpu_publish.sh
+    start = time.monotonic() - max(0.0, time.time() - started_at)
     dry = args.dry_run
     dry_root = REPO / "runs" / "gpu_publish_dry"
     state = Path(args.state or (dry_root / "state" if dry else REPO / STATE_DIR)).resolve()
@@ -481,8 +501,11 @@ def main(argv=None) -> int:
         print(f"[gpu_publish] error: {err}", file=sys.stderr)
         return err.code
 
+    args.commit = args.commit or head_commit()
+    if args.commit:
+        os.environ["DS_GIT_COMMIT"] = args.commit
     lines = [f"gpu_publish {'dry run ' if dry else ''}started {utc_now()}, budget {args.budget_seconds:.0f} s, "
-             f"profile {profile}, run root {run_root}"]
+             f"profile {profile}, run root {run_root}, commit {args.commit or 'unknown (pass --commit)'}"]
     progress, seq_before = None, None
     try:
         restore(state, run_root, work, run_dir, profile, fresh=False, restart_study=args.restart_study,
@@ -533,7 +556,7 @@ def restore(state: Path, run_root: Path, work: Path, run_dir: Path, profile: str
     lines.append(f"state: restored command {manifest['seq']}'s state from {len(manifest['parts'])} part(s) "
                  f"into {run_root}")
     study_done = read_json(work / "progress.json", {}).get("steps", {}).get(STUDY_STEP, {}).get("status") == "done"
-    if not manifest["resumable"] and not study_done and not restart_study:
+    if not manifest["resumable"] and not study_done and not restart_study and not fresh:
         raise PublishError(
             f"command {manifest['seq']} returned the study's results but not its checkpoints (they exceeded "
             f"the carry limit; its summary says which), and this machine holds no copy of {run_dir}: the "
@@ -641,22 +664,34 @@ def finish(progress, args, profile, out, work, run_dir, start, lines, code) -> i
             if slim_checkpoint(run_dir / r, copy):
                 slimmed.append(str(r))
             members.append((copy, base + str(r)))
-        parts = pack(members, out, part_size)
-        total = sum(p.stat().st_size for p in parts)
-        problem = limits_problem(parts, total, carry_limit, part_size)
+        def try_pack(chosen):
+            for old_part in out.glob(f"{ARCHIVE}.*"):
+                old_part.unlink()
+            parts = pack(chosen, out, part_size)
+            total = sum(p.stat().st_size for p in parts)
+            return parts, total, limits_problem(parts, total, carry_limit, part_size)
+
+        parts, total, problem = try_pack(members)
+        give_up = rollback_dirs(needed, {p.stem for p in run_dir.glob("*.done")}) if problem else []
+        if give_up:
+            kept = [(p, n) for p, n in members if not any(n.startswith(f"{base}{d}/") for d in give_up)]
+            parts, total, second = try_pack(kept)
+            if not second:
+                lines.append(f"ROLLED BACK: {problem} with every checkpoint; left out the unfinished chapters' "
+                             f"trainings {', '.join(map(str, give_up))}: the next machine reruns them from their "
+                             f"start (this machine keeps them in {run_dir}: running again before it is given "
+                             f"back loses nothing)")
+                needed = [r for r in needed if r.parent not in give_up]
+                problem = None
         if problem:
             sizes = ", ".join(f"{r} {(run_dir / r).stat().st_size / MIB:.1f} MiB" for r in needed)
             lines.append(f"TOO LARGE: {problem}. The study's checkpoints still needed: {sizes or 'none'}. "
                          f"Packed again without them: results only (tables, CSVs, notebooks, logs).")
-            for p in parts:
-                p.unlink()
             resumable = False
             light = [(p, n) for p, n in members if not n.endswith(".pt")]
             light = [(p, n.replace(base, f"{WORK}/study-results/", 1) if n.startswith(base) else n)
                      for p, n in light]
-            parts = pack(light, out, part_size)
-            total = sum(p.stat().st_size for p in parts)
-            second = limits_problem(parts, total, carry_limit, part_size)
+            parts, total, second = try_pack(light)
             if second:
                 lines.append(f"  even the results alone are too large: {second}")
             lines.append(f"  This machine still holds {run_dir}: run the same command again before it is "

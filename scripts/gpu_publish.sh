@@ -10,6 +10,7 @@
 # lacks, e.g. timm or papermill), they are installed into /tmp/gpu_publish_site without the
 # network and put on PYTHONPATH.
 set -euo pipefail
+export GPU_PUBLISH_T0=${GPU_PUBLISH_T0:-$(date +%s)}   # the command's clock starts here
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

@@ -89,6 +89,37 @@ def test_checkpoints_are_carried_while_a_chapter_reads_them():
     assert gp.checkpoint_needed(Path("elsewhere/checkpoint.pt"), every)   # unknown: kept
 
 
+def test_rollback_gives_up_only_unfinished_chapters_trainings():
+    needed = [Path("base/checkpoint.pt"), Path("01_observation/scratch/checkpoint.pt"),
+              Path("03_finetune/DS-A/plain/checkpoint.pt")]
+    assert gp.rollback_dirs(needed, {"01_observation", "02_search"}) == [Path("03_finetune/DS-A/plain")]
+    assert gp.rollback_dirs(needed, set()) == [Path("01_observation/scratch"), Path("03_finetune/DS-A/plain")]
+
+
+def test_state_over_the_limit_rolls_back_the_unfinished_chapter(tmp_path):
+    run_dir = tmp_path / "runs" / "tiny"
+    for folder in ("base", "01_observation/scratch"):
+        (run_dir / folder).mkdir(parents=True)
+        torch.save({"model": torch.randn(100_000)}, run_dir / folder / "checkpoint.pt")   # ~0.4 MiB, unfinished
+        (run_dir / folder / "metrics.csv").write_text("epoch,seconds\n1,1.0\n")
+    (run_dir / "01_observation" / "removal.csv").write_text("switch,acc\n1,50\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = []
+    args = gp.parse_args(["--carry-limit-mib", "0.6"])
+    code = gp.finish({"seq": 3, "steps": {}}, args, "tiny", out, tmp_path / "runs" / gp.WORK, run_dir,
+                     0.0, lines, gp.EXIT_MORE)
+    text = (out / "summary.txt").read_text()
+    assert code == gp.EXIT_MORE, text
+    assert "ROLLED BACK" in text and "01_observation/scratch" in text
+    assert json.loads((out / gp.MANIFEST).read_text())["resumable"]
+    restored = tmp_path / "restored"
+    gp.unpack(out, restored)
+    assert (restored / "tiny" / "base" / "checkpoint.pt").is_file()
+    assert (restored / "tiny" / "01_observation" / "removal.csv").is_file()
+    assert not (restored / "tiny" / "01_observation" / "scratch").exists()   # metrics.csv goes with it
+
+
 def _tiny_training(out_dir, epochs, stop_after=None):
     from ds.data import fake_dataset
     from ds.loaders import DeviceLoader
@@ -173,7 +204,7 @@ def run_script(tmp, name, *args, state="state"):
     out = tmp / f"out-{name}"
     done = subprocess.run([str(SCRIPT), "--dry-run", "--state", str(tmp / state), "--out", str(out),
                            "--run-root", str(tmp / f"machine-{name}"), *args],
-                          capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     return done, out
 
 
