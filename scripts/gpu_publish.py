@@ -76,6 +76,7 @@ READERS = {
     "base": ("01_observation", "02_search", "03_finetune", "04_merge", "05_throughput"),
     "03_finetune": ("03_finetune", "04_merge", "05_throughput"),
 }
+WRITERS = {"base": "01_observation"}   # folders a chapter writes that are not named after it
 
 
 class PublishError(RuntimeError):
@@ -312,9 +313,10 @@ def study_files(run_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
 def rollback_dirs(needed: list[Path], done: set[str]) -> list[Path]:
     """The training folders to give up when the state does not fit: those of needed checkpoints
-    inside the folder of an unfinished chapter (which reruns them from their start next time;
-    base/ and finished chapters' folders are never given up)."""
-    return sorted({r.parent for r in needed if r.parts[0] in chapters() and r.parts[0] not in done})
+    that an unfinished chapter writes (it reruns them from their start next time; what finished
+    chapters wrote is never given up)."""
+    owner = lambda r: WRITERS.get(r.parts[0], r.parts[0])   # noqa: E731
+    return sorted({r.parent for r in needed if owner(r) in chapters() and owner(r) not in done})
 
 
 class PartWriter:

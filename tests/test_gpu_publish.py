@@ -6,6 +6,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -93,7 +94,9 @@ def test_rollback_gives_up_only_unfinished_chapters_trainings():
     needed = [Path("base/checkpoint.pt"), Path("01_observation/scratch/checkpoint.pt"),
               Path("03_finetune/DS-A/plain/checkpoint.pt")]
     assert gp.rollback_dirs(needed, {"01_observation", "02_search"}) == [Path("03_finetune/DS-A/plain")]
-    assert gp.rollback_dirs(needed, set()) == [Path("01_observation/scratch"), Path("03_finetune/DS-A/plain")]
+    assert gp.rollback_dirs(needed, {"01_observation"}) == [Path("03_finetune/DS-A/plain")]
+    assert gp.rollback_dirs(needed, set()) == [Path("01_observation/scratch"), Path("03_finetune/DS-A/plain"),
+                                               Path("base")]   # chapter 1 trains the base network
 
 
 def test_state_over_the_limit_rolls_back_the_unfinished_chapter(tmp_path):
@@ -106,18 +109,22 @@ def test_state_over_the_limit_rolls_back_the_unfinished_chapter(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     lines = []
+    (run_dir / "01_observation.done").write_text("")   # base/ is finished chapter 1's: kept
+    (run_dir / "02_search" / "k8").mkdir(parents=True)
+    torch.save({"model": torch.randn(100_000)}, run_dir / "02_search" / "k8" / "checkpoint.pt")
     args = gp.parse_args(["--carry-limit-mib", "0.6"])
     code = gp.finish({"seq": 3, "steps": {}}, args, "tiny", out, tmp_path / "runs" / gp.WORK, run_dir,
-                     0.0, lines, gp.EXIT_MORE)
+                     time.monotonic(), lines, gp.EXIT_MORE)
     text = (out / "summary.txt").read_text()
     assert code == gp.EXIT_MORE, text
-    assert "ROLLED BACK" in text and "01_observation/scratch" in text
+    assert "ROLLED BACK" in text and "02_search/k8" in text
     assert json.loads((out / gp.MANIFEST).read_text())["resumable"]
     restored = tmp_path / "restored"
     gp.unpack(out, restored)
     assert (restored / "tiny" / "base" / "checkpoint.pt").is_file()
     assert (restored / "tiny" / "01_observation" / "removal.csv").is_file()
-    assert not (restored / "tiny" / "01_observation" / "scratch").exists()   # metrics.csv goes with it
+    assert not (restored / "tiny" / "02_search").exists()
+    assert not (restored / "tiny" / "01_observation" / "scratch" / "checkpoint.pt").exists()   # read no more
 
 
 def _tiny_training(out_dir, epochs, stop_after=None):
