@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -525,6 +526,9 @@ def main(argv=None) -> int:
     except PublishError as err:
         lines.append(f"ERROR: {err}")
         code = err.code
+    except Exception:   # a fault of this script: still pack what the steps made, and say what broke
+        lines.append("ERROR (a fault in gpu_publish):\n" + traceback.format_exc())
+        code = EXIT_FAILED
     if progress is None or progress["seq"] == seq_before:
         lines += ["no state returned: nothing ran, so keep the state folder as it is", f"exit code {code}"]
         (out / SUMMARY).write_text("\n".join(lines) + "\n")
@@ -720,7 +724,10 @@ def finish(progress, args, profile, out, work, run_dir, start, lines, code) -> i
                  EXIT_FAILED: "next: read the error above; fix it or --skip the step, then run again",
                  EXIT_MACHINE: "next: fix this machine's problem above, then run again",
                  EXIT_TOO_LARGE: "next: run again on this machine (it keeps runs/) or see TOO LARGE above"}[code]
+    names = [s.name for s in bench_steps(args.dry_run, work / "bench")] + [STUDY_STEP]
+    not_done = [n for n in names if steps.get(n, {}).get("status") != "done"]
     lines += [f"steps: " + ", ".join(f"{n} {s['status']}" for n, s in steps.items()),
+              f"not done yet: {', '.join(not_done) or 'nothing'}",
               f"took {time.monotonic() - start:.0f} s; exit code {code}", next_line,
               "returned files: " + ", ".join(sorted(p.name for p in out.iterdir()) + [SUMMARY])]
     text = "\n".join(lines) + "\n"
