@@ -120,7 +120,9 @@ def bench_steps(dry_run: bool, bench_dir: Path) -> list[Step]:
         argv = ["-m", "ds.bench", *common, "--patterns", patterns, "--batch", batch,
                 "--dtypes", fast_dtypes.get(dtypes, dtypes), "--layouts", layouts,
                 "--modes", modes.get(mode, mode), "--out", str(bench_dir / f"{name}.csv")]
-        return Step(name, argv, DRY_STEP_S if dry_run else estimate, what)
+        if dry_run:
+            return Step(name, argv, DRY_STEP_S, f"tiny CPU stand-in for: {what}")
+        return Step(name, argv, estimate, what)
 
     return [
         step("paper", 180, "the paper's setting: fp32, NCHW, eager, batch 128, 224 px", paper_batch),
