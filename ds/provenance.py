@@ -68,7 +68,9 @@ def describe_device(device: torch.device) -> str:
 def git_commit(path: str | Path = REPO_ROOT) -> dict:
     """HEAD of the repository holding `path` ({'commit', 'short', 'dirty'}; None where unknown).
 
-    `dirty` says whether tracked files had uncommitted changes."""
+    `dirty` says whether tracked files had uncommitted changes. A copy of the tree without its
+    .git (e.g. on a lent GPU machine) names its commit in $DS_GIT_COMMIT; it is used when git
+    cannot tell."""
     def git(*args):
         return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -77,6 +79,8 @@ def git_commit(path: str | Path = REPO_ROOT) -> dict:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if commit is None and os.environ.get("DS_GIT_COMMIT"):
+        commit = os.environ["DS_GIT_COMMIT"].strip()
     return {"commit": commit, "short": commit[:7] if commit else None, "dirty": dirty}
 
 

@@ -74,10 +74,13 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
     cfg = cfg or TrainConfig()
     hooks_used = hooks is not None
     hooks = hooks or FitHooks()
-    dist = dist or ddp.DistInfo(device=next(model.parameters()).device)
+    # the device is the data's when the loader holds it there (ds.loaders.DeviceLoader), else the model's
+    dist = dist or ddp.DistInfo(device=getattr(train_loader, "device", None) or next(model.parameters()).device)
     meta = (meta if isinstance(meta, NetInfo) else NetInfo.from_dict(meta) if meta else info(model)).as_dict()
     channels_last = cfg.channels_last if cfg.channels_last is not None else dist.device.type == "cuda"
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batch: lower the batch size or use more data")
     if not resume and ckpt_path is not None and ckpt_path.is_file():
