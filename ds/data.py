@@ -31,7 +31,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .provenance import REPO_ROOT
 
 CIFAR10_ARCHIVE = "cifar10-jpeg.tar.xz"
 # sha256 of the archive shipped in data/ (data/README.md); an archive of your own: write its sha256

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ds.provenance import REPO_ROOT
 from ds.train import CHECKPOINT, METRICS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
 PROFILES_FILE = REPO_ROOT / "profiles.yaml"
