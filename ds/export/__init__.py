@@ -32,10 +32,10 @@ from ds.merging import MERGE_TOLERANCE, merge
 from ds.meta import info
 
 # float32: the runtimes reorder sums like torch's own kernels do, so the merge's float32 bound
-# holds. bf16 keeps 8 significant bits (unit roundoff 2**-9 = 2e-3) and the error grows over
-# ~20 layers; 5e-2 is about twice the largest error measured on mobilenetv2_035/140 (DS-E/F,
-# random weights, torch bf16 against float32 on CPU; benchmarks/bf16_error.py).
-EXPORT_TOLERANCE = {"fp32": MERGE_TOLERANCE, "bf16": 5e-2}
+# holds. bf16 keeps 8 significant bits and the error grows over ~20 layers: merged
+# mobilenetv2_035/140 (base, DS-E, DS-F; random weights; torch bf16 against float32 on CPU)
+# stray by 1.1e-2 to 3.0e-2 (benchmarks/bf16_error.txt); 6e-2 is twice the largest.
+EXPORT_TOLERANCE = {"fp32": MERGE_TOLERANCE, "bf16": 6e-2}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FORMATS = ("onnx", "openvino")
 
