@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def to_onnx(model: nn.Module, path, input_size, in_chans: int = 3, opset: int | 
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).float().cpu().eval()
     x = torch.randn(1, in_chans, *image_size(input_size))
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is chosen on purpose (module docstring); its deprecation
+        # notices would repeat on every export of a benchmark run
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
         torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset or onnx_opset(),
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
