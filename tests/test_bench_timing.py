@@ -130,3 +130,46 @@ def test_peaks_keep_the_best_of_two_measurements():
     b = Peaks(flop_s=1.0, bytes_s=3.0, device="cpu", dtype="fp32", threads=1,
               matmul_size=1, copy_bytes=1, tf32=False)
     assert (a.best(b).flop_s, a.best(b).bytes_s) == (2.0, 3.0)
+
+
+# ---------------------------------------------------------------- runtimes (issue 12)
+
+def test_measure_in_onnxruntime_names_runtime_and_version():
+    onnxruntime = pytest.importorskip("onnxruntime")
+    r = throughput(tiny(), 16, 2, "cpu", runtime="onnxruntime", **FAST)
+    assert (r.runtime, r.runtime_version, r.threads) == ("onnxruntime", onnxruntime.__version__, 1)
+    assert r.mode == "ort_enable_all" and r.layout == "nchw" and r.img_s_median > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(runtime="tvm"), "unknown runtime 'tvm'"),
+    (dict(runtime="onnxruntime", channels_last=True), "leave channels_last=False"),
+    (dict(runtime="onnxruntime", mode="compile"), "mode='eager'"),
+    (dict(runtime="onnxruntime", dtype="fp16"), "onnxruntime runs fp32 here, not fp16"),
+    (dict(runtime="openvino", dtype="fp16"), "openvino runs fp32, bf16 here, not fp16"),
+])
+def test_runtime_errors(kwargs, match):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    with pytest.raises(BenchError, match=match):
+        throughput(tiny(), 16, 2, "cpu", **kwargs)
+
+
+def separable(depthwise=True):
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    if depthwise:
+        layers += [nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()]
+    layers += [nn.Conv2d(16, 32, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_time_shares_sort_convolutions_by_kind(runtime):
+    if runtime != "torch":
+        pytest.importorskip(runtime)
+    from ds.bench.profile import time_shares
+    with_dw = time_shares(separable(True), 16, 2, runtime, runs=2)
+    without = time_shares(separable(False), 16, 2, runtime, runs=2)
+    assert with_dw["depthwise"] > 0 and without["depthwise"] == 0
+    for shares in (with_dw, without):
+        assert shares["pointwise"] > 0 and shares["dense_kxk"] > 0 and shares["total"] > 0
