@@ -173,3 +173,24 @@ def test_time_shares_sort_convolutions_by_kind(runtime):
     assert with_dw["depthwise"] > 0 and without["depthwise"] == 0
     for shares in (with_dw, without):
         assert shares["pointwise"] > 0 and shares["dense_kxk"] > 0 and shares["total"] > 0
+
+
+def test_runtime_table_is_tidy_and_names_the_best_base():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from ds.bench import best_base, runtime_table
+    models = {"base": tiny(8), "narrow": tiny(4)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = runtime_table(models, 16, batch=2, runtimes=("torch", "onnxruntime", ("openvino", "fp16")),
+                              threads=1, repeats=5, warmup=1, min_time=0.002)
+    assert any("openvino fp16 not measured" in str(w.message) for w in caught)  # said, not dropped
+    for column in ("runtime", "runtime_version", "dtype", "layout", "threads", "batch", "pattern",
+                   "img_s_median", "img_s_min", "img_s_max", "speedup_same_runtime",
+                   "speedup_over_best_base", "achieved_fraction", "load_average"):
+        assert column in frame.columns
+    assert set(frame["runtime"]) == {"torch", "onnxruntime"} and len(frame) == 2 * 3
+    best = best_base(frame)
+    assert len(best) == 1 and best["img_s_median"].iloc[0] == frame[frame["pattern"] == "base"]["img_s_median"].max()
+    assert frame["speedup_over_best_base"].max() == pytest.approx(
+        frame["img_s_median"].max() / best["img_s_median"].iloc[0])

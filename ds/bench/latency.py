@@ -58,3 +58,29 @@ def latency_table(model: nn.Module, input_size, batch: int = 16, runtime: str = 
                       threads, batch)
     frame, _ = measure_settings(models, input_size, [setting], device, **protocol)
     return table_from(frame)
+
+
+def compare_tables(tables: dict[str, dict[str, float]], remove: int) -> tuple["pandas.DataFrame", dict]:
+    """Blocks ranked by time saved, per runtime, and the `remove` blocks each runtime would
+    remove first on latency alone.
+
+    `tables` is {runtime label: latency table}. Returns (frame, chosen): frame has one row per
+    block with its saving (ms per batch) and rank in every runtime; chosen is {label: sorted
+    switch indices of its top `remove` blocks}. Equal sets mean the runtimes agree on where the
+    time is; the gate search weighs these savings against accuracy.
+    """
+    import pandas as pd
+
+    if not tables:
+        raise BenchError("no latency tables to compare")
+    blocks = sorted(set.intersection(*(set(t) for t in tables.values())), key=int)
+    if not 0 < remove <= len(blocks):
+        raise BenchError(f"remove must be between 1 and {len(blocks)} (the blocks all tables share)")
+    frame = pd.DataFrame({"block": [int(b) for b in blocks]})
+    chosen = {}
+    for label, table in tables.items():
+        saved = pd.Series([table[b] * 1e3 for b in blocks])
+        frame[f"{label}_ms"] = saved
+        frame[f"{label}_rank"] = saved.rank(ascending=False, method="min").astype(int)
+        chosen[label] = sorted(int(blocks[i]) for i in saved.nlargest(remove).index)
+    return frame, chosen
