@@ -190,7 +190,10 @@ def run(args, command: str) -> "pandas.DataFrame":
                       iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
                       merge_depthwise_separable=args.merge_depthwise_separable,
                       interleaved="round-robin, rotating start", input="torch.randn, seeded",
-                      best_base="fastest base row with the same device, threads, batch and input"),
+                      best_base="fastest base row with the same device, threads, batch and input",
+                      drift="networks are interleaved within a setting, settings run one after "
+                            "another: speedup_same_runtime cancels drift, speedup_over_best_base "
+                            "compares settings measured minutes apart (see load_average per row)"),
         patterns={name: "".join(map(str, p))
                   for name, p in {BASE: [1] * n_switches, **patterns}.items()},
         verification={n: {k: float(v) for k, v in e.items()} for n, e in errors.items()},
