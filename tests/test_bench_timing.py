@@ -172,7 +172,9 @@ def test_time_shares_sort_convolutions_by_kind(runtime):
     without = time_shares(separable(False), 16, 2, runtime, runs=2)
     assert with_dw["depthwise"] > 0 and without["depthwise"] == 0
     for shares in (with_dw, without):
-        assert shares["pointwise"] > 0 and shares["dense_kxk"] > 0 and shares["total"] > 0
+        assert shares["pointwise"] > 0 and shares["dense_kxk"] > 0 and shares["other"] >= 0
+        kinds = ("depthwise", "pointwise", "dense_kxk", "other")
+        assert shares["total"] == pytest.approx(sum(shares[k] for k in kinds)) and shares["wall"] > 0
 
 
 def test_runtime_table_is_tidy_and_names_the_best_base():

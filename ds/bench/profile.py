@@ -1,15 +1,17 @@
 """Where a forward pass spends its time: depthwise convs, 1x1 convs, dense k x k convs, the rest.
 
     time_shares(merged, 224, batch=16, runtime="openvino", threads=1)
-        -> {"depthwise": s, "pointwise": s, "dense_kxk": s, "other": s, "total": s}  (per batch)
+        -> {"depthwise": s, "pointwise": s, "dense_kxk": s, "other": s, "total": s, "wall": s}
 
 Each runtime is asked through its own profiler: OpenVINO's per-layer counters (PERF_COUNT;
 GroupConvolution is a depthwise conv in these networks), ONNX Runtime's node profile (a Conv
 whose weight has one input channel per group is depthwise), and in torch forward hooks timing
-every Conv2d. Times are the median over `runs` profiled passes after one warm-up pass;
-"other" is the pass's total minus its convolutions (activations, adds, pooling, the classifier,
-layout reorders). Profiling adds a little overhead; compare shares, not absolute times,
-with ds.bench.measure.
+every Conv2d. Times are seconds per batch, the mean (ORT) or median (OpenVINO, torch) over
+`runs` profiled passes after one warm-up pass. "total" is the sum of the runtime's own node
+times (in torch: the pass, timed around it), "other" is total minus the convolutions
+(activations, adds, pooling, the classifier, layout reorders), "wall" is the pass timed from
+outside (the median). Profiling adds overhead; compare shares (kind / total), and take speeds
+from ds.bench.measure.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def _torch_shares(model, x, channels_last):
         for h in hooks:
             h.remove()
     spent["other"] = total - sum(spent[k] for k in KINDS[:3])
-    return dict(spent, total=total)
+    return dict(spent, total=total, wall=total)
 
 
 def _onnxruntime_shares(path, array, threads, runs):
@@ -84,14 +86,13 @@ def _onnxruntime_shares(path, array, threads, runs):
     spent = {k: 0.0 for k in KINDS}
     for e in events:
         if e["args"].get("op_name") not in ("Conv", "FusedConv", "NchwcConv"):
+            spent["other"] += e["dur"] * 1e-6 / runs
             continue
         shapes = [next(iter(s.values())) for s in e["args"]["input_type_shape"]]
         x_shape, w_shape = shapes[0], shapes[1]
         groups_equal = w_shape[1] == 1 and w_shape[0] > 1 and len(w_shape) == 4
         spent[_kind(w_shape, groups_equal)] += e["dur"] * 1e-6 / runs
-    total = statistics.median(totals)
-    spent["other"] = total - sum(spent[k] for k in KINDS[:3])
-    return dict(spent, total=total)
+    return dict(spent, total=sum(spent.values()), wall=statistics.median(totals))
 
 
 def _openvino_shares(path, array, threads, dtype, runs):
@@ -115,8 +116,9 @@ def _openvino_shares(path, array, threads, dtype, runs):
                 spent["depthwise"] += seconds
             elif layer.node_type == "Convolution":
                 spent["pointwise" if "1x1" in layer.exec_type else "dense_kxk"] += seconds
-        spent["other"] = total - sum(spent[k] for k in KINDS[:3])
-        samples.append(dict(spent, total=total))
+            else:
+                spent["other"] += seconds
+        samples.append(dict(spent, total=sum(spent.values()), wall=total))
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
