@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/merge_options.py options   # merge options, batch 16, 1 thread
     PYTHONPATH=. python benchmarks/merge_options.py batch     # batch 1/16/64 at 1 and 2 threads
     PYTHONPATH=. python benchmarks/merge_options.py profile   # depthwise / 1x1 / k x k / other
+    PYTHONPATH=. python benchmarks/merge_options.py compile   # torch.compile against eager and ORT
 
 mobilenetv2_140 at 224 px, random weights (seed 0), every network merged and verified by
 ds.merge. Merge options: "paper" (final_act=True, expansion-1 block kept as
@@ -84,6 +85,11 @@ def main(phase: str) -> None:
         nets = networks([("DS-A", "paper"), ("DS-F", "paper")])
         frame, _ = measure_settings(nets, SIZE, ways(["onnxruntime", "openvino"], [1, 2], [1, 16, 64]),
                                     "cpu", MODEL, **protocol)
+    elif phase == "compile":  # does torch.compile (inductor, CPU) help inference here?
+        nets = networks([("DS-A", "paper"), ("DS-F", "paper")])
+        settings = [Setting("torch", "fp32", "channels_last", mode, 1, 16) for mode in ("eager", "compile")]
+        settings.append(Setting("onnxruntime", "fp32", "nchw", "ort_enable_all", 1, 16))
+        frame, _ = measure_settings(nets, SIZE, settings, "cpu", MODEL, **protocol)
     elif phase == "profile":
         nets = networks([("DS-A", "paper"), ("DS-E", "paper"), ("DS-F", "paper")])
         rows = []
@@ -97,7 +103,7 @@ def main(phase: str) -> None:
         for kind in ("depthwise", "pointwise", "dense_kxk", "other"):
             frame[f"{kind}_share"] = frame[kind] / frame["total"]
     else:
-        raise SystemExit(f"unknown phase {phase!r}: options, batch or profile")
+        raise SystemExit(f"unknown phase {phase!r}: options, batch, profile or compile")
     write(frame, phase, started)
 
 
