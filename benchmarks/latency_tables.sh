@@ -12,3 +12,9 @@ $PY -m ds.bench "${common[@]}" --runtimes torch --layouts nchw --latency-table b
 $PY -m ds.bench "${common[@]}" --runtimes torch --layouts channels_last --latency-table benchmarks/results/latency_torch_channels_last.json
 $PY -m ds.bench "${common[@]}" --runtimes onnxruntime --latency-table benchmarks/results/latency_onnxruntime.json
 $PY -m ds.bench "${common[@]}" --runtimes openvino --latency-table benchmarks/results/latency_openvino.json
+# Caveat on the committed tables (2026-11-25): the two torch tables were measured while five
+# jobs shared the 2 cores (load average 3 falling to 0.4 during the channels_last run, which was
+# also paused for ~5 min while the CPU table was measured); several of their "savings" exceed a
+# third of the whole pass, so they are noise, not block costs. The onnxruntime and openvino
+# tables were measured at load ~1; remeasure all four on a quiet machine before drawing
+# conclusions (benchmarks/results/latency_compare.txt shows the rank correlations).
