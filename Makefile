@@ -9,7 +9,7 @@ PROFILE ?= quick
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,study]'
+	$(PY) -m pip install -e '.[test,study,runtimes]'
 	touch $@
 
 venv: $(VENV)/.installed

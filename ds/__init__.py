@@ -12,7 +12,7 @@ from .switches import Switch, switches
 
 # Training-side modules load on first use (ds.train.fit, ds.gating.search, ds.data.load_cifar10):
 # `python -m ds.train` does not find ds.train already imported, and `import ds` does not load them.
-_LAZY_SUBMODULES = {"data", "loaders", "train", "distill", "gating", "ddp", "bench"}
+_LAZY_SUBMODULES = {"data", "loaders", "train", "distill", "gating", "ddp", "bench", "export"}
 
 
 def __getattr__(name):

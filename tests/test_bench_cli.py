@@ -33,7 +33,12 @@ def test_cli_writes_schema_speedups_from_same_run_and_verifies(tmp_path, pattern
     assert len(frame) == 2 * 3 and set(frame["pattern"]) == {"base", "DS-E", "DS-F"}
     for _, setting in frame.groupby(["dtype", "layout", "mode"]):
         base = setting.set_index("pattern").loc["base", "img_s_median"]
-        assert setting["speedup"].tolist() == pytest.approx((setting["img_s_median"] / base).tolist())
+        assert setting["speedup_same_runtime"].tolist() == pytest.approx(
+            (setting["img_s_median"] / base).tolist())
+    best = frame[frame["pattern"] == "base"]["img_s_median"].max()
+    assert frame["speedup_over_best_base"].tolist() == pytest.approx((frame["img_s_median"] / best).tolist())
+    assert (frame["runtime"] == "torch").all() and (frame["runtime_version"] == torch.__version__).all()
+    assert frame["load_average"].notna().all()
     assert (frame["img_s_min"] <= frame["img_s_median"]).all()
     assert (frame["img_s_median"] <= frame["img_s_max"]).all()
     assert (frame["bound_s"] > 0).all() and (frame["achieved_fraction"] > 0).all()
@@ -98,14 +103,16 @@ def test_wrong_pattern_length_is_refused_and_merge_errors_are_reported():
 
 
 def test_settings_are_the_product_of_the_lists_with_fallbacks_merged():
+    from ds.bench import Setting
     from ds.bench.cli import parse_args, settings_from
     args = parse_args(["--model", MODEL, "--out", "x.csv", "--dtypes", "fp32,bf16",
                        "--modes", "eager,cudagraph", "--threads", "1,2", "--batch", "1,8"])
     with pytest.warns(UserWarning, match="falls back to 'eager'"):
-        settings = settings_from(args, torch.device("cpu"))
-    assert len(settings) == 2 * 2 * 2  # cudagraph fell back to eager, which is already listed
-    assert settings[:3] == [(torch.float32, False, "eager", 1, 1), (torch.float32, False, "eager", 1, 8),
-                            (torch.float32, False, "eager", 2, 1)]
+        settings, notes = settings_from(args, torch.device("cpu"))
+    assert len(settings) == 2 * 2 * 2 and not notes  # cudagraph fell back to eager, already listed
+    assert settings[:3] == [Setting("torch", "fp32", "nchw", "eager", 1, 1),
+                            Setting("torch", "fp32", "nchw", "eager", 1, 8),
+                            Setting("torch", "fp32", "nchw", "eager", 2, 1)]
     for option in ("--threads", "--batch"):
         with pytest.raises(BenchError, match=option):
             settings_from(parse_args(["--model", MODEL, "--out", "x", option, "two"]),
@@ -116,3 +123,82 @@ def test_paper_subset_for_a_batch_sweep():
     assert list(load_patterns("paper:DS-A,DS-F", "mobilenetv2_140")) == ["DS-A", "DS-F"]
     with pytest.raises(BenchError, match="no paper pattern 'DS-Z'"):
         load_patterns("paper:DS-Z", "mobilenetv2_140")
+
+
+# ---------------------------------------------------------------- runtimes (issue 12) and issue 11
+
+def test_every_runtime_in_one_run_with_both_speedups(tmp_path, pattern_file):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    out = tmp_path / "rt.csv"
+    assert main(["--model", MODEL, "--patterns", str(pattern_file), "--device", "cpu",
+                 "--out", str(out), "--runtimes", "torch,onnxruntime,openvino,openvino:bf16",
+                 "--layouts", "nchw,channels_last", "--iters", "1", *FAST]) == 0
+    frame = pd.read_csv(out)
+    ways = frame.drop_duplicates(["runtime", "dtype", "layout"])[["runtime", "dtype", "layout"]]
+    assert {tuple(w) for w in ways.values} >= {("torch", "fp32", "nchw"), ("torch", "fp32", "channels_last"),
+                                               ("onnxruntime", "fp32", "nchw"), ("openvino", "fp32", "nchw")}
+    import onnxruntime
+    import openvino
+    versions = dict(zip(frame["runtime"], frame["runtime_version"].astype(str)))
+    assert versions["onnxruntime"] == onnxruntime.__version__
+    assert openvino.__version__.startswith(versions["openvino"])
+    bases = frame[frame["pattern"] == "base"]
+    fastest = bases.loc[bases["img_s_median"].idxmax()]
+    assert (frame["best_base"] == f"{fastest['runtime']} {fastest['dtype']} {fastest['layout']} "
+                                  f"{fastest['mode']}").all()
+    assert frame["speedup_over_best_base"].tolist() == pytest.approx(
+        (frame["img_s_median"] / fastest["img_s_median"]).tolist())
+    for _, setting in frame.groupby(["runtime", "dtype", "layout"]):
+        base = setting.set_index("pattern").loc["base", "img_s_median"]
+        assert setting["speedup_same_runtime"].tolist() == pytest.approx((setting["img_s_median"] / base).tolist())
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    from ds.export import openvino_bf16_supported
+    if openvino_bf16_supported():
+        assert ((frame["runtime"] == "openvino") & (frame["dtype"] == "bf16")).any()
+    else:  # said so, not silently dropped
+        assert any("openvino bf16 not measured" in n for n in sidecar["settings_not_measured"])
+    assert len(sidecar["load_average_per_setting"]) == len(frame) // 3
+
+
+def test_unwritable_outputs_fail_before_measuring(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    for option, target in (("--out", blocker / "t.csv"), ("--latency-table", blocker / "l.json")):
+        args = ["--model", MODEL, "--device", "cpu", "--patterns", "paper:DS-F", *FAST, option, str(target)]
+        if option == "--latency-table":
+            args += ["--out", str(tmp_path / "ok.csv")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{option} {target}: cannot write there" in err
+        assert "measuring" not in err and "building" not in err  # nothing was measured
+    assert not (tmp_path / "ok.csv").exists()
+
+
+def test_latency_table_in_a_chosen_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ds.gating import load_latency_table, searchable_switches
+    table_path = tmp_path / "latency.json"
+    assert main(["--model", MODEL, "--device", "cpu", "--runtimes", "onnxruntime",
+                 "--latency-table", str(table_path), "--iters", "1", *FAST]) == 0
+    table = load_latency_table(table_path)
+    model = ds.create_model(MODEL, input_size=32)
+    assert set(table) == {str(s.index) for s in searchable_switches(model)}
+    assert all(isinstance(v, float) for v in table.values())
+    side = json.loads(tmp_path.joinpath("latency.provenance.json").read_text())
+    assert side["setting"].startswith("onnxruntime fp32") and side["runtimes"]["onnxruntime"]
+
+
+def test_latency_table_needs_one_setting(tmp_path, capsys):
+    assert main(["--model", MODEL, "--device", "cpu", "--latency-table", str(tmp_path / "l.json"),
+                 *FAST, "--threads", "1,2"]) == 2
+    assert "--latency-table measures one setting" in capsys.readouterr().err
+
+
+def test_runtime_errors_name_the_problem(tmp_path, capsys):
+    assert main(["--model", MODEL, "--out", str(tmp_path / "x.csv"), *FAST, "--runtimes", "tvm"]) == 2
+    assert "unknown runtime 'tvm'" in capsys.readouterr().err
+    assert main(["--model", MODEL, "--out", str(tmp_path / "x.csv"), *FAST,
+                 "--runtimes", "onnxruntime", "--dtypes", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime fp16 not measured" in err and "nothing to measure" in err

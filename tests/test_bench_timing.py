@@ -130,3 +130,69 @@ def test_peaks_keep_the_best_of_two_measurements():
     b = Peaks(flop_s=1.0, bytes_s=3.0, device="cpu", dtype="fp32", threads=1,
               matmul_size=1, copy_bytes=1, tf32=False)
     assert (a.best(b).flop_s, a.best(b).bytes_s) == (2.0, 3.0)
+
+
+# ---------------------------------------------------------------- runtimes (issue 12)
+
+def test_measure_in_onnxruntime_names_runtime_and_version():
+    onnxruntime = pytest.importorskip("onnxruntime")
+    r = throughput(tiny(), 16, 2, "cpu", runtime="onnxruntime", **FAST)
+    assert (r.runtime, r.runtime_version, r.threads) == ("onnxruntime", onnxruntime.__version__, 1)
+    assert r.mode == "ort_enable_all" and r.layout == "nchw" and r.img_s_median > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(runtime="tvm"), "unknown runtime 'tvm'"),
+    (dict(runtime="onnxruntime", channels_last=True), "leave channels_last=False"),
+    (dict(runtime="onnxruntime", mode="compile"), "mode='eager'"),
+    (dict(runtime="onnxruntime", dtype="fp16"), "onnxruntime runs fp32 here, not fp16"),
+    (dict(runtime="openvino", dtype="fp16"), "openvino runs fp32, bf16 here, not fp16"),
+])
+def test_runtime_errors(kwargs, match):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    with pytest.raises(BenchError, match=match):
+        throughput(tiny(), 16, 2, "cpu", **kwargs)
+
+
+def separable(depthwise=True):
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    if depthwise:
+        layers += [nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()]
+    layers += [nn.Conv2d(16, 32, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_time_shares_sort_convolutions_by_kind(runtime):
+    if runtime != "torch":
+        pytest.importorskip(runtime)
+    from ds.bench.profile import time_shares
+    with_dw = time_shares(separable(True), 16, 2, runtime, runs=2)
+    without = time_shares(separable(False), 16, 2, runtime, runs=2)
+    assert with_dw["depthwise"] > 0 and without["depthwise"] == 0
+    for shares in (with_dw, without):
+        assert shares["pointwise"] > 0 and shares["dense_kxk"] > 0 and shares["other"] >= 0
+        kinds = ("depthwise", "pointwise", "dense_kxk", "other")
+        assert shares["total"] == pytest.approx(sum(shares[k] for k in kinds)) and shares["wall"] > 0
+
+
+def test_runtime_table_is_tidy_and_names_the_best_base():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from ds.bench import best_base, runtime_table
+    models = {"base": tiny(8), "narrow": tiny(4)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = runtime_table(models, 16, batch=2, runtimes=("torch", "onnxruntime", ("openvino", "fp16")),
+                              threads=1, repeats=5, warmup=1, min_time=0.002)
+    assert any("openvino fp16 not measured" in str(w.message) for w in caught)  # said, not dropped
+    for column in ("runtime", "runtime_version", "dtype", "layout", "threads", "batch", "pattern",
+                   "img_s_median", "img_s_min", "img_s_max", "speedup_same_runtime",
+                   "speedup_over_best_base", "achieved_fraction", "load_average"):
+        assert column in frame.columns
+    assert set(frame["runtime"]) == {"torch", "onnxruntime"} and len(frame) == 2 * 3
+    best = best_base(frame)
+    assert len(best) == 1 and best["img_s_median"].iloc[0] == frame[frame["pattern"] == "base"]["img_s_median"].max()
+    assert frame["speedup_over_best_base"].max() == pytest.approx(
+        frame["img_s_median"].max() / best["img_s_median"].iloc[0])

@@ -1,10 +1,13 @@
 """python -m ds.bench: time a model's BN-folded base and its merged DS variants, all derived
 from one randomly initialized model and each verified, in every requested setting (the product
-of --dtypes, --layouts, --modes, --threads and --batch), interleaved, with roofline bounds.
+of --runtimes, --dtypes, --layouts, --modes, --threads and --batch), interleaved, with roofline
+bounds. Every row has the speed-up over the base in the same setting and over the fastest base
+of the whole run (same threads and batch, any runtime).
 
 The project's tables:
-    CPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 32 \\
-              --input 224 --layouts nchw,channels_last --threads 1,2 --repeats 11 --min-time 1 \\
+    CPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 16 \\
+              --input 224 --runtimes torch,onnxruntime,openvino,openvino:bf16 \\
+              --layouts nchw,channels_last --threads 1 --repeats 5 --min-time 1 \\
               --out data/results/throughput_mbv2_140_cpu.csv
     GPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cuda --batch 128 \\
               --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last --modes eager,cudagraph \\
@@ -12,28 +15,28 @@ The project's tables:
     sweep: python -m ds.bench --model mobilenetv2_140 --patterns paper:DS-A,DS-F --device cuda \\
               --batch 1,8,32,128,256 --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last \\
               --modes eager,cudagraph --out data/results/batch_sweep_mbv2_140_h100.csv
+    latency table for the gate search, in the runtime the pattern will run on:
+          python -m ds.bench --model mobilenetv2_140 --runtimes onnxruntime --threads 1 \\
+              --batch 16 --input 224 --latency-table latency_ort.json
 """
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
 import os
 import shlex
 import sys
-import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ds.errors import DeviceError, UnsupportedModelError
+from ds.export import ExportError
 from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
-from .report import format_table, provenance, setting_rows, to_frame, write_sidecar
-from .roofline import measure_peaks, roofline
-from .settings import (BenchError, all_cores, check_mode, dtype_name, layout_name, resolve_dtype,
-                       resolve_layout)
-from .timing import resolve_mode
+from .compare import expand_settings, measure_settings
+from .report import format_table, provenance, write_sidecar
+from .settings import BenchError, all_cores
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,10 +49,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--batch", default="128", help="batch size, or a comma list for a batch sweep")
     p.add_argument("--input", type=int, default=224, help="input resolution (square)")
-    p.add_argument("--out", required=True, help="CSV to write; a .json provenance sidecar goes beside it")
+    p.add_argument("--out", help="CSV to write; a .json provenance sidecar goes beside it "
+                                 "(required unless --latency-table is given)")
+    p.add_argument("--runtimes", default="torch",
+                   help="comma list of torch, onnxruntime, openvino; NAME:DTYPE pins a runtime's "
+                        "dtype (openvino:bf16) instead of --dtypes")
+    p.add_argument("--latency-table", metavar="JSON",
+                   help="instead of the patterns, measure the seconds per batch each searchable "
+                        "block saves when merged alone, in the (single) setting given, and write "
+                        "{switch index: seconds} for python -m ds.train --latency-table")
     p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
-    p.add_argument("--layouts", default="nchw", help="comma list of nchw, channels_last")
-    p.add_argument("--modes", default="eager", help="comma list of eager, cudagraph, compile")
+    p.add_argument("--layouts", default="nchw", help="comma list of nchw, channels_last (torch only)")
+    p.add_argument("--modes", default="eager", help="comma list of eager, cudagraph, compile (torch only)")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode for --modes compile (default, reduce-overhead, max-autotune, ...)")
     p.add_argument("--threads", default=None,
@@ -81,39 +92,76 @@ def int_list(option: str, text: str | None, default: list[int]) -> list[int]:
     return values
 
 
-def settings_from(args, device: torch.device) -> list[tuple[torch.dtype, bool, str, int, int]]:
-    """(dtype, channels_last, mode, threads, batch) for every combination asked for, checked,
-    modes resolved for the device; combinations that fall back to one already listed run once."""
-    dtypes = [resolve_dtype(d) for d in comma_list(args.dtypes)]
-    layouts = [resolve_layout(l) for l in comma_list(args.layouts)]
-    modes = [check_mode(m) for m in comma_list(args.modes)]
+def settings_from(args, device: torch.device):
+    """(settings, notes): every combination asked for that runs here, checked; a note for each
+    one that cannot (recorded in the sidecar and printed, never silently dropped)."""
     threads = int_list("--threads", args.threads, [all_cores()])
     batches = int_list("--batch", args.batch, [])
-    if not (dtypes and layouts and modes):
-        raise BenchError("--dtypes, --layouts and --modes each need at least one entry")
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        resolved = [resolve_mode(m, device) for m in modes]
-    return list(dict.fromkeys(itertools.product(dtypes, layouts, resolved, threads, batches)))
+    return expand_settings(args.runtimes, comma_list(args.dtypes), comma_list(args.layouts),
+                           comma_list(args.modes), threads, batches, device)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail now, before any measurement, if `path` cannot be written (issue 11)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as e:
+        raise BenchError(f"{option} {path}: cannot write there ({e.strerror or e}); choose a "
+                         "writable path") from None
+
+
+def outputs(args) -> list[tuple[Path, str]]:
+    """Every file the run will write, with the option that named it."""
+    if args.out is None and args.latency_table is None:
+        raise BenchError("give --out CSV (a throughput table) or --latency-table JSON (or both)")
+    files = []
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() != ".csv":
+            raise BenchError(f"--out {out}: name a .csv file (its .json sidecar goes beside it)")
+        files += [(out, "--out"), (out.with_suffix(".json"), "--out (its sidecar)")]
+    if args.latency_table is not None:
+        table = Path(args.latency_table)
+        if table.suffix.lower() != ".json":
+            raise BenchError(f"--latency-table {table}: name a .json file")
+        files += [(table, "--latency-table"), (table.with_suffix(".provenance.json"),
+                                               "--latency-table (its sidecar)")]
+    return files
 
 
 def run(args, command: str) -> "pandas.DataFrame":
     import ds  # the foundation: create_model, switches, apply_pattern, merge, verify, macs, params
     from tqdm.auto import tqdm
 
-    from .timing import measure
+    from .latency import single_block_patterns, table_from
     from .variants import BASE, build_variants, load_patterns
 
+    for path, option in outputs(args):  # before anything is measured
+        check_writable(path, option)
     device = resolve_device(args.device)
-    settings = settings_from(args, device)
-    patterns = load_patterns(args.patterns, args.model)
+    settings, notes = settings_from(args, device)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not settings:
+        raise BenchError("nothing to measure: every setting asked for is unsupported here (see the notes)")
+    if args.latency_table and len(settings) != 1:
+        raise BenchError(f"--latency-table measures one setting; the options give {len(settings)} "
+                         f"({'; '.join(s.label for s in settings[:3])}, ...): give one runtime, "
+                         "dtype, layout, mode, thread count and batch")
     load_before = os.getloadavg()
     git_state = git_commit()  # the code that runs, not the code at the end
 
     torch.manual_seed(args.seed)
-    print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
     model = ds.create_model(args.model, num_classes=args.num_classes, input_size=args.input)
     n_switches = len(ds.switches(model))
+    patterns = (single_block_patterns(model) if args.latency_table
+                else load_patterns(args.patterns, args.model))
+    print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
     models, errors = build_variants(model, patterns, args.input, args.merge_depthwise_separable)
     macs = {name: int(ds.macs(m, args.input)) for name, m in models.items()}
     params = {name: int(ds.params(m)) for name, m in models.items()}
@@ -121,62 +169,51 @@ def run(args, command: str) -> "pandas.DataFrame":
         print(f"  {name:>8}: {macs[name] / 1e6:8.1f} MMACs, {params[name] / 1e6:6.2f} M params, "
               f"merge max rel error {errors[name]['max_rel']:.2e}", file=sys.stderr)
 
-    # Peaks are a best-case figure that a busy machine can only lower: measured before and
-    # after every setting of a (dtype, threads) pair, the best kept, and bounds computed last.
-    peaks, measured, loads = {}, [], []
     bar = tqdm(total=len(settings) * len(models) * args.repeats, unit="repeat", file=sys.stderr,
                disable=None)  # no bar when stderr is not a terminal; the lines below remain
-    for dtype, channels_last, mode, threads, batch in settings:
-        label = (f"{dtype_name(dtype)} {layout_name(channels_last)} {mode}, {threads} threads, "
-                 f"batch {batch}")
-        bar.set_description(label)
-        bar.write(f"measuring {len(models)} models, {label}, input {args.input}, "
-                  f"{args.repeats} interleaved repeats", file=sys.stderr)
-        load_start = os.getloadavg()
-        key = (dtype, threads)
-        if key not in peaks:
-            peaks[key] = measure_peaks(device, dtype, threads=threads)
-        results = measure(models, args.input, batch, device, dtype, channels_last, mode,
-                          repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
-                          iters=args.iters, threads=threads, compile_mode=args.compile_mode,
-                          seed=args.seed,
-                          on_repeat=lambda name: (bar.set_postfix_str(name), bar.update()))
-        bar.set_postfix_str("device peaks")
-        peaks[key] = peaks[key].best(measure_peaks(device, dtype, threads=threads))
-        measured.append((key, results))
-        loads.append(dict(setting=label, load_average_start=load_start,
-                          load_average_end=os.getloadavg()))
+    frame, record = measure_settings(
+        models, args.input, settings, device, args.model, repeats=args.repeats, warmup=args.warmup,
+        min_time=args.min_time, iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
+        macs=macs, params=params, base=BASE,
+        on_repeat=lambda name: (bar.set_postfix_str(name), bar.update()),
+        log=lambda text: bar.write(text, file=sys.stderr))
     bar.close()
 
-    rows = []
-    for key, results in measured:
-        batch = next(iter(results.values())).batch
-        _, bounds = roofline(models, args.input, batch, device, key[0],
-                             {n: r.seconds_per_batch for n, r in results.items()},
-                             peaks=peaks[key], macs=macs)
-        rows += setting_rows(args.model, results, bounds, macs, params, base=BASE)
-
-    frame = to_frame(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
-    sidecar = write_sidecar(out, provenance(
+    info = provenance(
         command, git=git_state,
         device=str(device), device_name=device_name(device),
         cpu_name=cpu_name(), threads=sorted(set(int(t) for t in frame["threads"])),
+        runtimes={f"{r}": v for r, v in zip(frame["runtime"], frame["runtime_version"])},
+        settings_not_measured=notes,
         load_average_before=load_before, load_average_after=os.getloadavg(),
-        load_average_per_setting=loads,
         protocol=dict(repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time,
                       iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
                       merge_depthwise_separable=args.merge_depthwise_separable,
-                      interleaved="round-robin, rotating start", input="torch.randn, seeded"),
+                      interleaved="round-robin, rotating start", input="torch.randn, seeded",
+                      best_base="fastest base row with the same device, threads, batch and input",
+                      drift="networks are interleaved within a setting, settings run one after "
+                            "another: speedup_same_runtime cancels drift, speedup_over_best_base "
+                            "compares settings measured minutes apart (see load_average per row)"),
         patterns={name: "".join(map(str, p))
                   for name, p in {BASE: [1] * n_switches, **patterns}.items()},
         verification={n: {k: float(v) for k, v in e.items()} for n, e in errors.items()},
-        peaks=[asdict(p) for p in peaks.values()],
-    ))
+        **record,
+    )
+    written = []
+    if args.out is not None:
+        out = Path(args.out)
+        frame.to_csv(out, index=False)
+        written += [out, write_sidecar(out, info)]
+    if args.latency_table is not None:
+        table_path = Path(args.latency_table)
+        table_path.write_text(json.dumps(table_from(frame, BASE), indent=2) + "\n")
+        side = table_path.with_suffix(".provenance.json")
+        side.write_text(json.dumps(dict(info, setting=settings[0].label,
+                                        meaning="seconds per batch saved by merging that block alone"),
+                                   indent=2, default=str) + "\n")
+        written += [table_path, side]
     print(format_table(frame))
-    print(f"\nwrote {out} and {sidecar}")
+    print(f"\nwrote {', '.join(map(str, written))}")
     return frame
 
 
@@ -186,7 +223,7 @@ def main(argv=None) -> int:
     command = "python -m ds.bench " + shlex.join(argv)
     try:
         run(args, command)
-    except (BenchError, DeviceError, UnsupportedModelError) as e:
+    except (BenchError, DeviceError, UnsupportedModelError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,9 +13,11 @@ import contextlib
 import copy
 import math
 import statistics
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -25,6 +27,9 @@ from ds.cost import image_size
 
 from ds.provenance import device_name, resolve_device
 
+from .runtimes import MODES as RUNTIME_MODES
+from .runtimes import check_runtime, runtime_version, unsupported
+from .runtimes import prepare as prepare_runtime
 from .settings import (BenchError, available_mode, check_mode, dtype_name, fixed_threads, layout_name,
                        resolve_dtype, resolve_layout)
 
@@ -51,6 +56,8 @@ class Throughput:
     layout: str
     mode: str  # the mode that ran
     mode_requested: str
+    runtime: str = "torch"  # torch, onnxruntime or openvino (ds.bench.runtimes)
+    runtime_version: str = torch.__version__
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -186,6 +193,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
             repeats: int = MIN_REPEATS, warmup: int = 3, min_time: float = 0.5,
             iters: int | None = None, threads: int | None = None,
             compile_mode: str = "default", in_chans: int = 3, seed: int = 0,
+            runtime: str = "torch",
             on_repeat: Callable[[str], None] | None = None) -> dict[str, Throughput]:
     """Throughput of every model in `models` ({name: module}) in one setting, interleaved.
 
@@ -193,13 +201,27 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
     caller's modules are left untouched. `iters` forward passes per timed repeat; by default
     as many as make one repeat last about `min_time` seconds, calibrated per model after
     warm-up. `on_repeat(name)` is called after every timed repeat (for progress bars).
+
+    `runtime` 'onnxruntime' or 'openvino' (CPU only) exports each model to ONNX and times it in
+    that runtime with `threads` intra-op threads (ds.bench.runtimes); layout and mode are then
+    the runtime's own (NCHW input) and must be left at their defaults.
     """
     if not models:
         raise BenchError("no models to measure")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     channels_last = resolve_layout(channels_last)
-    ran_mode = resolve_mode(mode, dev)
+    check_runtime(runtime)
+    if runtime == "torch":
+        ran_mode = resolve_mode(mode, dev)
+    else:
+        if channels_last or mode != "eager":
+            raise BenchError(f"layout and mode choose how torch runs; {runtime} takes NCHW input and "
+                             "runs its own way: leave channels_last=False and mode='eager'")
+        reason = unsupported(runtime, dtype_name(dt), dev)
+        if reason:
+            raise BenchError(reason)
+        ran_mode = RUNTIME_MODES[runtime]
     if repeats < MIN_REPEATS:
         raise BenchError(f"repeats must be >= {MIN_REPEATS} for a median and a spread, got {repeats}")
     if iters is not None and iters < 1:
@@ -209,6 +231,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
     with contextlib.ExitStack() as stack:
         n_threads = stack.enter_context(fixed_threads(threads))
         stack.enter_context(torch.inference_mode())
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ds-bench-")))
         if ran_mode == "compile":
             stack.enter_context(compile_settings())
         if dev.type == "cuda":
@@ -216,12 +239,18 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
             stack.callback(setattr, torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
             torch.backends.cudnn.benchmark = True
 
-        x = random_batch(batch, input_size, dev, dt, channels_last, in_chans, seed)
+        x = random_batch(batch, input_size, dev, dt if runtime == "torch" else torch.float32,
+                         channels_last, in_chans, seed)
         graph_pool = torch.cuda.graph_pool_handle() if ran_mode == "cudagraph" else None
         steps, loop_iters = {}, {}
-        for name, model in models.items():
-            net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
-            steps[name] = step = prepare_step(net, x, ran_mode, compile_mode, graph_pool)
+        for index, (name, model) in enumerate(models.items()):
+            if runtime == "torch":
+                net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
+                step = prepare_step(net, x, ran_mode, compile_mode, graph_pool)
+            else:
+                step = prepare_runtime(runtime, model, x, n_threads, dtype_name(dt), workdir,
+                                       f"model{index}")
+            steps[name] = step
             for _ in range(max(1, warmup)):
                 step()
             synchronize(dev)
@@ -239,7 +268,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
     common = dict(batch=batch, input_size=image_size(input_size), repeats=repeats, warmup=warmup,
                   threads=n_threads, device=str(dev), device_name=device_name(dev),
                   dtype=dtype_name(dt), layout=layout_name(channels_last), mode=ran_mode,
-                  mode_requested=mode)
+                  mode_requested=mode, runtime=runtime, runtime_version=runtime_version(runtime))
     results = {}
     for name, values in img_s.items():
         median = statistics.median(values)

@@ -1,0 +1,82 @@
+"""python -m ds.export: a trained checkpoint (or a random-weight network) -> merged -> ONNX + OpenVINO IR.
+
+    python -m ds.export --checkpoint runs/finetune-k8/checkpoint.pt --out exported/
+    python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out exported/
+
+Each file is checked in its runtime against the torch network it came from (max relative
+error printed); a mismatch beyond the tolerance is an error (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import FORMATS, ExportError, export, load_checkpoint_network
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ds.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint.pt written by python -m ds.train (base or shrunk)")
+    source.add_argument("--model", help="a backbone name: export a random-weight network (for tests and timing)")
+    p.add_argument("--pattern", help="with --model: a pattern name (DS-E) or 0/1 list (1,0,1,...); default: the base")
+    p.add_argument("--no-final-act", action="store_true",
+                   help="with --model --pattern: drop the ReLU6 after removed blocks (consecutive ones merge into one conv)")
+    p.add_argument("--num-classes", type=int, default=1000, help="with --model (default 1000)")
+    p.add_argument("--input", type=int, help="input resolution; default: the checkpoint's (needed with --model)")
+    p.add_argument("--seed", type=int, default=0, help="with --model: seeds the random weights")
+    p.add_argument("--out", required=True, help="directory for NAME.onnx, NAME.xml/.bin and NAME.json")
+    p.add_argument("--name", default="model", help="file name stem (default: model)")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma list of onnx, openvino")
+    p.add_argument("--merge-depthwise-separable", action="store_true",
+                   help="also merge the expansion-1 block's dw+pw pair into one dense conv")
+    return p.parse_args(argv)
+
+
+def build(args):
+    import torch
+
+    import ds
+    if args.checkpoint:
+        if args.pattern or args.no_final_act:
+            raise ExportError("--pattern and --no-final-act go with --model; a checkpoint carries its own pattern")
+        return load_checkpoint_network(args.checkpoint)
+    if args.input is None:
+        raise ExportError("--model needs --input (the resolution to build and export at)")
+    torch.manual_seed(args.seed)
+    model = ds.create_model(args.model, num_classes=args.num_classes, input_size=args.input)
+    if args.pattern:
+        pattern = args.pattern if "," not in args.pattern else [int(b) for b in args.pattern.split(",")]
+        try:
+            model = ds.apply_pattern(model, pattern, final_act=not args.no_final_act)
+        except ds.PatternError as e:
+            raise ExportError(f"--pattern {args.pattern}: {e}") from None
+    elif args.no_final_act:
+        raise ExportError("--no-final-act needs --pattern")
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ds.errors import PatternError, UnsupportedModelError
+    from ds.train import CheckpointMismatch
+    try:
+        model = build(args)
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        result = export(model, args.out, args.input, name=args.name, formats=formats,
+                        merge_depthwise_separable=args.merge_depthwise_separable)
+    except (ExportError, UnsupportedModelError, PatternError, CheckpointMismatch) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for fmt, path in result.files.items():
+        print(f"wrote {path}" + (f" (+ {path.with_suffix('.bin')})" if fmt == "openvino" else ""))
+    for where, e in result.checks.items():
+        print(f"checked {where}: max relative error {e['max_rel']:.2e} (max abs {e['max_abs']:.2e}, "
+              f"tolerance {e['tolerance']:g})")
+    print(f"wrote {result.record}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
