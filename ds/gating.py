@@ -274,12 +274,13 @@ def latency_vector(table, searched) -> list[float]:
 def load_latency_table(path: str | Path) -> dict | list:
     """A JSON file: {"<switch index or block path>": saved_seconds, ...} or a list in search order.
 
-    Produce it on the target device with `measure_latency_table` (uses ds.bench): for each
-    searched block, time of the unmerged network minus time with only that block merged.
+    Measure it in the runtime the pattern will run on with `ds.bench.latency_table` or
+    `python -m ds.bench ... --latency-table FILE`: for each searched block, time of the base
+    network minus time with only that block merged.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"latency table {path} does not exist; make one with ds.gating.measure_latency_table")
+        raise FileNotFoundError(f"latency table {path} does not exist; make one with python -m ds.bench --model NAME --latency-table FILE (ds.bench.latency_table)")
     try:
         table = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -288,28 +289,6 @@ def load_latency_table(path: str | Path) -> dict | list:
         raise ValueError(f"latency table {path} holds a {type(table).__name__}: it must be an object "
                          f'{{"<switch index or block path>": seconds}} or a list in search order')
     return table
-
-
-def measure_latency_table(model: nn.Module, input_size: int, batch: int = 128, device="cuda",
-                          **bench_options) -> dict[str, float]:
-    """Seconds per batch saved by merging each searched block on its own, measured with ds.bench.
-
-    The base (all activations kept, BN folded) and one variant per searched block (that block's
-    activations removed and merged, as in the paper's final-activation setting) are timed together
-    by `ds.bench.measure`; the entry for switch i is base time minus variant time. Save it with
-    `json.dump(table, open("latency.json", "w"))` and pass `--latency-table latency.json`.
-    """
-    from ds import bench   # optional heavy dependency (runtimes), loaded only to measure
-
-    n = len(switches(model))
-    variants = {"base": merge(apply_pattern(model, [1] * n), input_size=input_size)}
-    for sw in searchable_switches(model):
-        pattern = [1] * n
-        pattern[sw.index] = 0
-        variants[str(sw.index)] = merge(apply_pattern(model, pattern), input_size=input_size)
-    results = bench.measure(variants, input_size, batch, device, **bench_options)
-    base = results["base"].seconds_per_batch
-    return {key: base - result.seconds_per_batch for key, result in results.items() if key != "base"}
 
 
 # ---------------------------------------------------------------- baselines

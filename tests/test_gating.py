@@ -1,7 +1,4 @@
 import json
-import sys
-import types
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -126,26 +123,16 @@ def test_sensitivity_ranking_has_the_same_interface(tiny_model, fake_data):
     assert sum(result.pattern(4)) == 6
 
 
-def test_latency_table_from_bench_measurements(tiny_model, monkeypatch):
-    """With a stand-in for ds.bench.measure: one merged variant per searched block, saved = base - variant."""
-
-    @dataclass
-    class Timing:
-        seconds_per_batch: float
-
-    calls = {}
-
-    def measure(models, input_size, batch, device, **options):
-        calls.update(models=models, input_size=input_size)
-        return {name: Timing(1.0 if name == "base" else 1.0 - int(name) / 100) for name in models}
-
-    fake = types.SimpleNamespace(measure=measure)
-    monkeypatch.setitem(sys.modules, "ds.bench", fake)
-    monkeypatch.setattr(ds, "bench", fake, raising=False)
-    table = gating.measure_latency_table(tiny_model, TINY_SIZE, batch=2, device="cpu")
-    assert set(table) == {str(i) for i in range(1, 18)} and calls["input_size"] == TINY_SIZE
-    assert table["5"] == pytest.approx(0.05)
-    assert gating.latency_vector(table, gating.searchable_switches(tiny_model))[4] == pytest.approx(0.05)
+def test_a_latency_table_measured_by_ds_bench_feeds_the_search(tiny_model, tmp_path):
+    """ds.bench.latency_table (the one measurement) -> JSON file -> the search's latency vector."""
+    table = ds.bench.latency_table(tiny_model, TINY_SIZE, batch=2, runtime="torch", threads=1,
+                                   repeats=5, warmup=1, min_time=0.001)
+    searched = gating.searchable_switches(tiny_model)
+    assert set(table) == {str(s.index) for s in searched}
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(table))
+    vector = gating.latency_vector(gating.load_latency_table(path), searched)
+    assert vector == pytest.approx([table[str(s.index)] for s in searched])
 
 
 def test_bad_latency_tables_name_the_file(tmp_path):
