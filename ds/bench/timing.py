@@ -88,6 +88,10 @@ def compile_available(device: torch.device) -> str | None:
             get_cpp_compiler()
         except Exception as e:
             return f"inductor finds no C++ compiler for CPU code ({e}); install g++ or set CXX"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+        if not has_triton():
+            return "inductor needs Triton for CUDA code and it is not installed (pip install triton)"
     return None
 
 
@@ -153,7 +157,9 @@ def prepare_step(model: nn.Module, x: torch.Tensor, mode: str, compile_mode: str
     with torch.cuda.graph(graph, pool=graph_pool):
         static_out = model(x)
 
-    def replay():
+    def replay(model=model, x=x):
+        # the graph reads `model`'s weights and `x` by address: the defaults keep both alive
+        # (and their memory unreused) for as long as the step exists
         graph.replay()
         return static_out
     return replay
