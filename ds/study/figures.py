@@ -127,8 +127,33 @@ def architecture(before: list[dict], after: list[dict], title_before: str, title
     return fig
 
 
+def speedup_by_setting(table: pd.DataFrame, title: str):
+    """Grouped bars: for each merged network, its speed-up over the fastest base of the run in
+    every runtime setting; the line at 1 is that fastest base."""
+    merged = table[table["pattern"] != "base"]
+    patterns = list(dict.fromkeys(merged["pattern"]))
+    settings = list(dict.fromkeys(table["setting"]))
+    width = 0.8 / max(len(settings), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(patterns) + 2), 3.8))
+    for i, setting in enumerate(settings):
+        rows = merged[merged["setting"] == setting].set_index("pattern").reindex(patterns)
+        xs = [j + (i - (len(settings) - 1) / 2) * width for j in range(len(patterns))]
+        ax.bar(xs, rows["speedup_over_best_base"], width, label=setting)
+    best = table[table["pattern"] == "base"].sort_values("img_s_median").iloc[-1]
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.annotate(f"fastest base: {best['setting']}", (len(patterns) - 0.5, 1.0), fontsize=7, ha="right",
+                va="bottom", xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(patterns)), patterns, fontsize=8)
+    ax.set_ylabel("speed-up over the fastest base (x)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncols=min(len(settings), 4), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def pareto(ours: pd.DataFrame, paper: list[dict] | None, device_label: str):
-    """Accuracy change against speed-up over the base: our networks, their Pareto front, the paper's."""
+    """Accuracy change against speed-up (column `speedup`): our networks, their Pareto front, the
+    paper's reported points."""
     fig, ax = plt.subplots(figsize=(6.8, 4.0))
     ax.scatter(ours["speedup"], ours["delta_acc"], color=KEEP, zorder=3, label=f"this study ({device_label})")
     for _, row in ours.iterrows():
@@ -143,7 +168,7 @@ def pareto(ours: pd.DataFrame, paper: list[dict] | None, device_label: str):
             ax.annotate(row["pattern"], (row["speedup"], row["delta_max"]), fontsize=7, color="#c44e52",
                         xytext=(3, 2), textcoords="offset points")
     ax.axhline(0, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("throughput speed-up over the base network (x)")
+    ax.set_xlabel("throughput speed-up (x): ours over the fastest base, the paper's over its base")
     ax.set_ylabel("top-1 change against the base (pp)")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 import ds
 from ds import bench, gating
+from ds.bench.settings import all_cores
 from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
 from ds.provenance import resolve_device
@@ -347,28 +349,79 @@ def bench_devices(devices: str | list[str]) -> list[str]:
     return resolved
 
 
+@dataclass
+class ThroughputResult:
+    table: pd.DataFrame        # one row per device, runtime setting and network (throughput.csv)
+    not_measured: list[str]    # settings asked for that cannot run here, each with the reason
+
+
 def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, repeats: int = 5,
-               min_time: float = 0.2, threads: int | None = None) -> pd.DataFrame:
-    """Images/s of the BN-folded base and every merged (distilled) network on each device, with
-    the speed-up over the base and the top-1 chapter 4 measured (throughput.csv)."""
+               min_time: float = 0.2, threads: int | None = None,
+               runtimes=("torch", "onnxruntime", "openvino")) -> ThroughputResult:
+    """Images/s of the BN-folded base and every merged (distilled) network, as chapter 4 saved
+    them, in every runtime (torch NCHW and channels_last, ONNX Runtime, OpenVINO; on a GPU torch
+    only), networks interleaved within each setting. Each row has the speed-up over the base in
+    the same setting and over the fastest base of the device, the setting's label and the top-1
+    chapter 4 measured (throughput.csv)."""
     size = input_size or ch.input_size
     models = merged_networks(ch)
     accuracy = pd.read_csv(ch.layout.merge_csv)
     accuracy = accuracy[(accuracy["pattern"] == "base") | accuracy["distill"]].set_index("pattern")["acc_merged"]
-    rows = []
+    frames, not_measured = [], []
     for device in bench_devices(devices):
-        results = bench.measure(models, size, batch, device, repeats=repeats, min_time=min_time, threads=threads)
-        for name, r in results.items():
-            rows.append({"device": device, "device_name": r.device_name, "pattern": name,
-                         "MMACs": ds.macs(models[name], size) / 1e6, "img_s_median": r.img_s_median,
-                         "img_s_min": r.img_s_min, "img_s_max": r.img_s_max,
-                         "speedup": r.img_s_median / results["base"].img_s_median,
-                         "top1": accuracy[name], "delta_acc": accuracy[name] - accuracy["base"]})
-    table = pd.DataFrame(rows)
+        here = ",".join(runtimes) if device == "cpu" else "torch"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frame = bench.runtime_table(models, size, batch, runtimes=here, threads=threads or all_cores(),
+                                        device=device, model_name=ch.backbone, repeats=repeats,
+                                        min_time=min_time)
+        not_measured += [f"{device}: {w.message}" for w in caught if "not measured" in str(w.message)]
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(table.columns.get_loc("runtime") + 1, "setting", setting_labels(table))
+    table["top1"] = table["pattern"].map(accuracy)
+    table["delta_acc"] = table["top1"] - accuracy["base"]
     path = ch.layout.throughput_csv
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
-    return table
+    return ThroughputResult(table, not_measured)
+
+
+def setting_labels(table: pd.DataFrame) -> pd.Series:
+    """A short name per row's runtime setting: 'torch NCHW', 'torch channels_last', 'onnxruntime',
+    'openvino', with the dtype when it is not fp32."""
+    def label(row):
+        name = f"torch {'NCHW' if row['layout'] == 'nchw' else row['layout']}" if row["runtime"] == "torch" \
+            else row["runtime"]
+        return name if row["dtype"] == "fp32" else f"{name} {row['dtype']}"
+    return table.apply(label, axis=1)
+
+
+def best_setting_per_pattern(table: pd.DataFrame) -> pd.DataFrame:
+    """For each device and network, the row of the setting where it runs fastest (what a user
+    who deploys it well gets), with its speed-up over the device's fastest base."""
+    best = table.loc[table.groupby(["device", "pattern"])["img_s_median"].idxmax()]
+    return best.reset_index(drop=True)
+
+
+def throughput_reading(table: pd.DataFrame) -> str:
+    """Two sentences per device with the numbers a reader needs: the fastest base, and what the
+    fastest merged network gains over it and over the base in its own runtime."""
+    lines = []
+    for device, group in table.groupby("device"):
+        base = group[group["pattern"] == "base"].sort_values("img_s_median").iloc[-1]
+        best = group[group["pattern"] != "base"].sort_values("speedup_over_best_base").iloc[-1]
+        losers = group[(group["pattern"] != "base") & (group["speedup_over_best_base"] < 1)]
+        lines.append(
+            f"On **{device}** ({base['device_name']}) the fastest way to run the base network is "
+            f"**{base['setting']}** at {base['img_s_median']:.1f} img/s. The fastest merged network, "
+            f"**{best['pattern']}** in {best['setting']}, runs at {best['img_s_median']:.1f} img/s: "
+            f"**{best['speedup_over_best_base']:.2f}x** over that best base "
+            f"({best['speedup_same_runtime']:.2f}x over the base in its own setting). "
+            + (f"{len(losers)} of {int((group['pattern'] != 'base').sum())} (setting, network) rows are slower "
+               f"than the best base: a merged network run in a slow runtime does not beat the base run in "
+               f"a fast one." if len(losers) else "Every merged network beats the best base in every setting."))
+    return "\n\n".join(lines)
 
 
 def published_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
