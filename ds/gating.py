@@ -26,9 +26,7 @@ import torch
 import torch.nn as nn
 
 from ds import ddp
-from ds.merging import merge
 from ds.paths import get_module, set_module
-from ds.shrink import apply_pattern
 from ds.switches import switches
 from ds.train import FitHooks, TrainConfig, evaluate, fit
 

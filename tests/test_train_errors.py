@@ -1,6 +1,5 @@
 """Bad input to training gets a clear error, and no error loses finished work."""
 import os
-import pickle
 import signal
 import subprocess
 import sys

@@ -28,15 +28,21 @@ import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
+import ds
 
 from ds.errors import DeviceError, UnsupportedModelError
 from ds.export import ExportError
 from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
 from .compare import expand_settings, measure_settings
+from .latency import single_block_patterns, table_from
 from .report import format_table, provenance, write_sidecar
 from .settings import BenchError, all_cores
+from .variants import BASE, build_variants, load_patterns
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -134,13 +140,7 @@ def outputs(args) -> list[tuple[Path, str]]:
     return files
 
 
-def run(args, command: str) -> "pandas.DataFrame":
-    import ds  # the foundation: create_model, switches, apply_pattern, merge, verify, macs, params
-    from tqdm.auto import tqdm
-
-    from .latency import single_block_patterns, table_from
-    from .variants import BASE, build_variants, load_patterns
-
+def run(args, command: str) -> pd.DataFrame:
     for path, option in outputs(args):  # before anything is measured
         check_writable(path, option)
     device = resolve_device(args.device)

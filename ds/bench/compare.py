@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Mapping
 
 import pandas as pd
-import torch
 from torch import nn
+
+import ds
 
 from ds.provenance import resolve_device
 
@@ -149,8 +150,6 @@ def measure_settings(models: Mapping[str, nn.Module], input_size, settings: list
     Peaks are a best case that a busy machine can only lower: measured before and after every
     setting of a (dtype, threads) pair, the best kept, bounds computed last.
     """
-    import ds
-
     if base not in models:
         raise BenchError(f"the networks must include the base network as {base!r}")
     dev = resolve_device(device)

@@ -11,18 +11,21 @@ with only that block's activations removed and merged, all timed together (inter
 """
 from __future__ import annotations
 
+import pandas as pd
+
 from torch import nn
+
+import ds
+from ds.gating import searchable_switches
 
 from .compare import BASE, Setting, measure_settings
 from .runtimes import MODES as RUNTIME_MODES
 from .settings import BenchError
+from .variants import build_variants
 
 
 def single_block_patterns(model: nn.Module) -> dict[str, list[int]]:
     """{str(switch index): pattern with only that searchable block removed}."""
-    import ds
-    from ds.gating import searchable_switches
-
     n = len(ds.switches(model))
     patterns = {}
     for switch in searchable_switches(model):
@@ -50,8 +53,6 @@ def latency_table(model: nn.Module, input_size, batch: int = 16, runtime: str = 
     value means merging that block alone makes the network slower there. `protocol`: repeats,
     warmup, min_time, iters, seed (ds.bench.compare.measure_settings).
     """
-    from .variants import build_variants
-
     models, _ = build_variants(model, single_block_patterns(model), input_size,
                                merge_depthwise_separable)
     setting = Setting(runtime, dtype, layout, mode if runtime == "torch" else RUNTIME_MODES[runtime],
@@ -60,7 +61,7 @@ def latency_table(model: nn.Module, input_size, batch: int = 16, runtime: str = 
     return table_from(frame)
 
 
-def compare_tables(tables: dict[str, dict[str, float]], remove: int) -> tuple["pandas.DataFrame", dict]:
+def compare_tables(tables: dict[str, dict[str, float]], remove: int) -> tuple[pd.DataFrame, dict]:
     """Blocks ranked by time saved, per runtime, and the `remove` blocks each runtime would
     remove first on latency alone.
 
@@ -69,8 +70,6 @@ def compare_tables(tables: dict[str, dict[str, float]], remove: int) -> tuple["p
     switch indices of its top `remove` blocks}. Equal sets mean the runtimes agree on where the
     time is; the gate search weighs these savings against accuracy.
     """
-    import pandas as pd
-
     if not tables:
         raise BenchError("no latency tables to compare")
     blocks = sorted(set.intersection(*(set(t) for t in tables.values())), key=int)

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ds import export
+
 from .settings import BenchError, fixed_threads
 from .timing import random_batch
 
@@ -66,18 +68,16 @@ def _torch_shares(model, x, channels_last):
 
 def _onnxruntime_shares(path, array, threads, runs):
     import onnxruntime as ort
-
-    from ds.export import INPUT_NAME
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(path).with_suffix("")) + "_profile"
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    session.run(None, {INPUT_NAME: array})  # warm-up, dropped below
+    session.run(None, {export.INPUT_NAME: array})  # warm-up, dropped below
     totals = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, {INPUT_NAME: array})
+        session.run(None, {export.INPUT_NAME: array})
         totals.append(time.perf_counter() - start)
     events = [e for e in json.loads(Path(session.end_profiling()).read_text())
               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
@@ -89,7 +89,7 @@ def _onnxruntime_shares(path, array, threads, runs):
             spent["other"] += e["dur"] * 1e-6 / runs
             continue
         shapes = [next(iter(s.values())) for s in e["args"]["input_type_shape"]]
-        x_shape, w_shape = shapes[0], shapes[1]
+        w_shape = shapes[1]
         groups_equal = w_shape[1] == 1 and w_shape[0] > 1 and len(w_shape) == 4
         spent[_kind(w_shape, groups_equal)] += e["dur"] * 1e-6 / runs
     return dict(spent, total=sum(spent.values()), wall=statistics.median(totals))
@@ -126,8 +126,6 @@ def time_shares(model: nn.Module, input_size, batch: int = 16, runtime: str = "t
                 threads: int = 1, dtype: str = "fp32", channels_last: bool = False,
                 runs: int = 5, seed: int = 0) -> dict[str, float]:
     """Seconds per batch in depthwise, pointwise (1x1) and dense k x k convs and the rest, on CPU."""
-    from ds import export
-
     if runs < 1:
         raise BenchError(f"runs must be >= 1, got {runs}")
     x = random_batch(batch, input_size, "cpu", torch.float32, seed=seed)

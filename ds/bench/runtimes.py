@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ds import export
+
 from .settings import BenchError
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -52,8 +54,7 @@ def unsupported(runtime: str, dtype: str, device: torch.device) -> str | None:
     if dtype not in DTYPES[runtime]:
         return f"{runtime} runs {', '.join(DTYPES[runtime])} here, not {dtype}"
     if runtime == "openvino" and dtype == "bf16":
-        from ds.export import openvino_bf16_supported
-        if not openvino_bf16_supported():
+        if not export.openvino_bf16_supported():
             return ("OpenVINO bf16 is not supported on this CPU: its CPU plugin does not list BF16 "
                     "in OPTIMIZATION_CAPABILITIES (needs AVX-512 BF16 or AMX)")
     return None
@@ -66,8 +67,6 @@ def prepare(runtime: str, model: nn.Module, x: torch.Tensor, threads: int, dtype
     The model is exported to `workdir/name.onnx` by ds.export (dynamic batch) and loaded with
     `threads` intra-op threads; the input is bound once, so a step times inference only.
     """
-    from ds import export
-
     reason = unsupported(runtime, dtype, x.device)
     if reason:
         raise BenchError(reason)

@@ -29,8 +29,11 @@ import torch
 from torch import nn
 
 from ds.cost import image_size
+from ds.shrink import apply_pattern
 from ds.merging import MERGE_TOLERANCE, merge
 from ds.meta import info
+from ds.provenance import utc_now, versions
+from ds.train import build_model, load_weights, model_state
 
 # float32: the runtimes reorder sums like torch's own kernels do, so the merge's float32 bound
 # holds. bf16 keeps 8 significant bits and the error grows over ~20 layers: merged
@@ -68,9 +71,6 @@ def load_checkpoint_network(path) -> nn.Module:
     ones for the base network); its "model" is the state_dict. An optional "final_act" in meta
     is honoured (default True, the paper's setting).
     """
-    import ds
-    from ds.train import build_model, load_weights, model_state
-
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"--checkpoint {path}: no such file; pass a checkpoint.pt written by ds.train")
@@ -82,7 +82,7 @@ def load_checkpoint_network(path) -> nn.Module:
     model = build_model(meta["backbone"], meta["num_classes"], meta["input_size"])
     pattern = meta.get("pattern")
     if pattern is not None and any(int(b) == 0 for b in pattern):
-        model = ds.apply_pattern(model, list(pattern), final_act=meta.get("final_act", True))
+        model = apply_pattern(model, list(pattern), final_act=meta.get("final_act", True))
     load_weights(model, state, str(path), meta)
     return model.eval()
 
@@ -259,7 +259,6 @@ def export(model: nn.Module, out, input_size=None, *, name: str = "model",
                     continue
                 result.checks[f"openvino/{dtype}"] = check_file(merged, result.files["openvino"],
                                                                 "openvino", input_size, dtype)
-    from ds.provenance import utc_now, versions
     record = dict(network=info(merged).as_dict(), input_size=input_size, opset=onnx_opset(),
                   input=INPUT_NAME, output=OUTPUT_NAME, dynamic_axes={"batch": 0},
                   files={k: v.name for k, v in result.files.items()}, checks=result.checks,

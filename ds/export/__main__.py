@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+import ds
+from ds.errors import PatternError, UnsupportedModelError
+from ds.train import CheckpointMismatch
+
 from . import FORMATS, ExportError, export, load_checkpoint_network
 
 
@@ -35,9 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(args):
-    import torch
-
-    import ds
     if args.checkpoint:
         if args.pattern or args.no_final_act:
             raise ExportError("--pattern and --no-final-act go with --model; a checkpoint carries its own pattern")
@@ -59,8 +62,6 @@ def build(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ds.errors import PatternError, UnsupportedModelError
-    from ds.train import CheckpointMismatch
     try:
         model = build(args)
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]

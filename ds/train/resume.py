@@ -55,5 +55,5 @@ def check_resume(path: Path, ckpt: dict, cfg: TrainConfig, meta: dict, steps_per
                  hooks: FitHooks, hooks_used: bool) -> None:
     differences = resume_differences(ckpt, cfg, meta, steps_per_epoch, hooks, hooks_used)
     if differences:
-        raise ResumeMismatch(path, differences, f"Resume with the saved settings, or start over in "
-                                                f"another directory (the CLI: --restart).")
+        raise ResumeMismatch(path, differences, "Resume with the saved settings, or start over in "
+                                                "another directory (the CLI: --restart).")
