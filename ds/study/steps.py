@@ -374,7 +374,7 @@ def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, 
             warnings.simplefilter("always")
             frame = bench.runtime_table(models, size, batch, runtimes=here, threads=threads or all_cores(),
                                         device=device, model_name=ch.backbone, repeats=repeats,
-                                        min_time=min_time)
+                                        min_time=min_time, log=lambda text: None)   # the tables say it
         not_measured += [f"{device}: {w.message}" for w in caught if "not measured" in str(w.message)]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
