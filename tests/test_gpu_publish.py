@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+import ds
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_publish.sh"
 
@@ -139,7 +141,7 @@ def _tiny_training(out_dir, epochs, stop_after=None):
                         device=torch.device("cpu"), seed=0)
     model = build_model("mobilenetv2_035", 10, 16)
     cfg = TrainConfig(epochs=epochs, lr=0.05, seed=0, progress=False, stop_after_epoch=stop_after)
-    return fit(model, train, test, cfg, out_dir=out_dir, resume=True, meta=model.ds_meta), (model, train, test, cfg)
+    return fit(model, train, test, cfg, out_dir=out_dir, resume=True, meta=ds.meta.info(model)), (model, train, test, cfg)
 
 
 def test_slimmed_checkpoint_of_a_finished_training_resumes_to_the_same_result(tmp_path):

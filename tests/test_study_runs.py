@@ -163,10 +163,17 @@ def test_the_study_package_has_no_import_cycles():
 
 # ---------------------------------------------------------------- the command line
 
+def _default_sigint():
+    """In the child: Ctrl-C as in a terminal. A shell without job control starts background jobs
+    with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so a test run from such a
+    job would never see the interrupt it sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "ds.study", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint, **kwargs)
 
 
 def test_an_unwritable_run_root_is_one_line_naming_the_path(tmp_path):

@@ -22,11 +22,18 @@ COMMON = ["--backbone", TINY, "--dataset", "fake", "--input-size", str(TINY_SIZE
           "--lr", "0.02", "--limit-train", "64", "--limit-test", "32", "--no-progress"]
 
 
+def _default_sigint():
+    """In the child: Ctrl-C as in a terminal. A shell without job control starts background jobs
+    with SIGINT ignored, and Python keeps an ignored SIGINT ignored, so a test run from such a
+    job would never see the interrupt it sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_subprocess(*args, **popen):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("DS_TRACEBACK", None)
     return subprocess.Popen([sys.executable, "-m", "ds.train", *map(str, args)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint, **popen)
 
 
 # ---------------------------------------------------------------- arguments
