@@ -1,25 +1,37 @@
-"""Do the runtimes agree on which blocks are worth merging? (issue 12, item 3)
+"""Do the runtimes agree on which blocks are worth merging, and do the tables predict the patterns?
+(issue 12, item 3)
 
     PYTHONPATH=. python benchmarks/latency_compare.py > benchmarks/results/latency_compare.txt
 
 Reads the tables benchmarks/latency_tables.sh wrote and prints, per runtime, each block's
-saving and rank, the blocks each would remove first on latency alone (8 and 12 of them), and
-the rank correlation between runtimes.
+saving and rank, the blocks each would remove first on latency alone (8 and 12 of them), the
+rank correlation between runtimes, and, for the paper's DS-A..F, the time per batch the table
+predicts each pattern saves (the sum over its removed blocks) beside the saving measured on the
+whole networks in the published CPU table (data/results/throughput_mbv2_140_cpu.csv).
 """
 import json
 from pathlib import Path
 
-from ds.bench.latency import compare_tables
+import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
+import ds
+from ds.bench.latency import compare_tables, predicted_saving
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PUBLISHED = ROOT / "data" / "results" / "throughput_mbv2_140_cpu.csv"
+# table name -> the rows of the published CPU table measured the same way
+SETTINGS = {"torch_nchw": ("torch", "nchw"), "torch_channels_last": ("torch", "channels_last"),
+            "onnxruntime": ("onnxruntime", "nchw"), "openvino": ("openvino", "nchw")}
+
 tables = {}
-for name in ("torch_nchw", "torch_channels_last", "onnxruntime", "openvino"):
+for name in SETTINGS:
     path = RESULTS / f"latency_{name}.json"
     if path.is_file():
         tables[name] = json.loads(path.read_text())
         side = json.loads(path.with_suffix(".provenance.json").read_text())
-        print(f"# {name}: {side['setting']}, {side['date_utc']}, load average before "
-              f"{side['load_average_before'][0]:.2f} after {side['load_average_after'][0]:.2f}")
+        print(f"# {name}: {side['setting']}, {side['date_utc']}, commit {side['git']['short']}, load "
+              f"average before {side['load_average_before'][0]:.2f} after {side['load_average_after'][0]:.2f}")
 for remove in (8, 12):
     frame, chosen = compare_tables(tables, remove)
     print(f"\nremove the {remove} blocks that save most, per runtime:")
@@ -30,3 +42,23 @@ print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 ranks = frame[[c for c in frame.columns if c.endswith("_rank")]]
 print("\nSpearman rank correlation between runtimes:")
 print(ranks.corr(method="spearman").round(2).to_string())
+
+published = pd.read_csv(PUBLISHED)
+published = published[(published["dtype"] == "fp32") & (published["threads"] == 1) & (published["batch"] == 16)]
+rows = []
+for name, table in tables.items():
+    runtime, layout = SETTINGS[name]
+    setting = published[(published["runtime"] == runtime) & (published["layout"] == layout)].set_index("pattern")
+    if setting.empty:
+        continue
+    ms = 1e3 * 16 / setting["img_s_median"]
+    for pattern, bits in ds.PATTERNS["mobilenetv2_140"].items():
+        if pattern in ms.index:
+            rows.append({"runtime": name, "pattern": pattern, "base_ms": ms["base"],
+                         "measured_saving_ms": ms["base"] - ms[pattern],
+                         "predicted_saving_ms": 1e3 * predicted_saving(table, bits)})
+check = pd.DataFrame(rows)
+check["predicted / measured"] = check["predicted_saving_ms"] / check["measured_saving_ms"]
+print(f"\nsaving per batch of 16 predicted by the table (sum over the removed blocks) against the saving "
+      f"measured on the whole networks ({PUBLISHED.relative_to(ROOT)}, measured on another day):")
+print(check.to_string(index=False, float_format=lambda v: f"{v:.2f}"))

@@ -189,6 +189,39 @@ def test_latency_table_in_a_chosen_runtime(tmp_path):
     assert side["setting"].startswith("onnxruntime fp32") and side["runtimes"]["onnxruntime"]
 
 
+def test_latency_table_times_each_block_on_the_input_it_gets_in_the_network(tmp_path):
+    from ds.bench.latency import block_latencies
+    from ds.gating import searchable_switches
+    model = ds.create_model(MODEL, input_size=32)
+    table_path = tmp_path / "latency.json"
+    assert main(["--model", MODEL, "--device", "cpu", "--latency-table", str(table_path),
+                 "--iters", "1", *FAST]) == 0
+    blocks = pd.DataFrame(json.loads(tmp_path.joinpath("latency.provenance.json").read_text())["blocks"])
+    searched = searchable_switches(model)
+    assert blocks["block"].tolist() == [s.index for s in searched]
+    assert blocks["path"].tolist() == [s.path for s in searched]
+    # a block's input has its in_channels, and the size the previous block's stride left (CIFAR
+    # strides: the 32 px input reaches the first searched block whole)
+    assert [int(shape.split("x")[0]) for shape in blocks["input"]] == [s.in_channels for s in searched]
+    sizes = [int(shape.split("x")[1]) for shape in blocks["input"]]
+    assert sizes[0] == 32
+    assert sizes[1:] == [size // s.stride for size, s in zip(sizes, searched)][:-1]
+    assert blocks["saved_ms"].tolist() == pytest.approx((blocks["block_ms_median"] - blocks["merged_ms_median"]).tolist())
+    table = json.loads(table_path.read_text())
+    assert table == pytest.approx({str(b): ms / 1e3 for b, ms in zip(blocks["block"], blocks["saved_ms"])})
+    frame = block_latencies(model, 32, batch=2, runtime="torch", threads=1, iters=1, repeats=5, warmup=1)
+    assert (frame[["block_ms_median", "merged_ms_median"]] > 0).all().all()
+
+
+def test_a_patterns_predicted_saving_is_the_sum_over_its_removed_blocks():
+    from ds.bench.latency import predicted_saving
+    table = {"1": 0.5, "2": 0.25, "3": -0.125}
+    assert predicted_saving(table, [1, 0, 1, 0]) == pytest.approx(0.375)
+    assert predicted_saving(table, [1, 1, 1, 1]) == 0
+    with pytest.raises(BenchError, match="no entry for removed switch"):
+        predicted_saving(table, [0, 1, 1, 1])
+
+
 def test_latency_table_needs_one_setting(tmp_path, capsys):
     assert main(["--model", MODEL, "--device", "cpu", "--latency-table", str(tmp_path / "l.json"),
                  *FAST, "--threads", "1,2"]) == 2

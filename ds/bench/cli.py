@@ -39,7 +39,7 @@ from ds.export import ExportError
 from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
 from .compare import expand_settings, measure_settings
-from .latency import single_block_patterns, table_from
+from .latency import block_latencies, table_from
 from .report import format_table, provenance, write_sidecar
 from .settings import BenchError, all_cores
 from .variants import BASE, build_variants, load_patterns
@@ -61,9 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma list of torch, onnxruntime, openvino; NAME:DTYPE pins a runtime's "
                         "dtype (openvino:bf16) instead of --dtypes")
     p.add_argument("--latency-table", metavar="JSON",
-                   help="instead of the patterns, measure the seconds per batch each searchable "
-                        "block saves when merged alone, in the (single) setting given, and write "
-                        "{switch index: seconds} for python -m ds.train --latency-table")
+                   help="measure the seconds per batch each searchable block saves when merged "
+                        "(the block and its merged form timed alone, interleaved) in the (single) "
+                        "setting given, and write {switch index: seconds} for python -m ds.train "
+                        "--latency-table; with --out the patterns are timed as well")
     p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
     p.add_argument("--layouts", default="nchw", help="comma list of nchw, channels_last (torch only)")
     p.add_argument("--modes", default="eager", help="comma list of eager, cudagraph, compile (torch only)")
@@ -158,9 +159,58 @@ def run(args, command: str) -> pd.DataFrame:
 
     torch.manual_seed(args.seed)
     model = ds.create_model(args.model, num_classes=args.num_classes, input_size=args.input)
+    written, frame = [], None
+    if args.latency_table is not None:
+        written += write_latency_table(args, model, settings[0], device, command, git_state, notes)
+    if args.out is not None:
+        frame = throughput(args, model, settings, device, command, git_state, notes, load_before)
+        written += [Path(args.out), Path(args.out).with_suffix(".json")]
+    print(f"\nwrote {', '.join(map(str, written))}")
+    return frame
+
+
+def protocol(args) -> dict:
+    return dict(repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time, iters=args.iters,
+                seed=args.seed, compile_mode=args.compile_mode,
+                merge_depthwise_separable=args.merge_depthwise_separable,
+                interleaved="round-robin, rotating start", input="torch.randn, seeded")
+
+
+def write_latency_table(args, model, setting, device, command: str, git_state: dict,
+                        notes: list[str]) -> list[Path]:
+    """Measure every searchable block alone in `setting` (ds.bench.latency.block_latencies); write
+    the table ({switch index: seconds saved per batch}) and its provenance, with every block's
+    timings, beside it."""
+    load_before = os.getloadavg()
+    print(f"timing {args.model}'s searchable blocks alone and merged, {setting.label}, input "
+          f"{args.input}, {args.repeats} interleaved repeats ...", file=sys.stderr)
+    blocks = block_latencies(model, args.input, setting.batch, setting.runtime, setting.threads, device,
+                             setting.dtype, setting.layout, setting.mode, args.merge_depthwise_separable,
+                             repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+                             iters=args.iters, seed=args.seed)
+    table_path = Path(args.latency_table)
+    table_path.write_text(json.dumps(table_from(blocks), indent=2) + "\n")
+    info = provenance(command, git=git_state, device=str(device), device_name=device_name(device),
+                      cpu_name=cpu_name(), setting=setting.label,
+                      runtimes={setting.runtime: str(blocks["runtime_version"].iloc[0])},
+                      settings_not_measured=notes, load_average_before=load_before,
+                      load_average_after=os.getloadavg(), protocol=protocol(args),
+                      meaning="seconds per batch saved by merging that block: the block as the base "
+                              "runs it (BN folded) minus its merged form, each timed alone on the "
+                              "input shape it receives in the network, interleaved",
+                      blocks=blocks.to_dict(orient="records"))
+    side = table_path.with_suffix(".provenance.json")
+    side.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    shown = blocks[["block", "path", "input", "block_ms_median", "merged_ms_median", "saved_ms"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return [table_path, side]
+
+
+def throughput(args, model, settings, device, command: str, git_state: dict, notes: list[str],
+               load_before) -> pd.DataFrame:
+    """The base and the --patterns, merged and verified, timed in every setting; the CSV and its sidecar."""
     n_switches = len(ds.switches(model))
-    patterns = (single_block_patterns(model) if args.latency_table
-                else load_patterns(args.patterns, args.model))
+    patterns = load_patterns(args.patterns, args.model)
     print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
     models, errors = build_variants(model, patterns, args.input, args.merge_depthwise_separable)
     macs = {name: int(ds.macs(m, args.input)) for name, m in models.items()}
@@ -186,10 +236,7 @@ def run(args, command: str) -> pd.DataFrame:
         runtimes={f"{r}": v for r, v in zip(frame["runtime"], frame["runtime_version"])},
         settings_not_measured=notes,
         load_average_before=load_before, load_average_after=os.getloadavg(),
-        protocol=dict(repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time,
-                      iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
-                      merge_depthwise_separable=args.merge_depthwise_separable,
-                      interleaved="round-robin, rotating start", input="torch.randn, seeded",
+        protocol=dict(protocol(args),
                       best_base="fastest base row with the same device, threads, batch and input",
                       drift="networks are interleaved within a setting, settings run one after "
                             "another: speedup_same_runtime cancels drift, speedup_over_best_base "
@@ -199,21 +246,10 @@ def run(args, command: str) -> pd.DataFrame:
         verification={n: {k: float(v) for k, v in e.items()} for n, e in errors.items()},
         **record,
     )
-    written = []
-    if args.out is not None:
-        out = Path(args.out)
-        frame.to_csv(out, index=False)
-        written += [out, write_sidecar(out, info)]
-    if args.latency_table is not None:
-        table_path = Path(args.latency_table)
-        table_path.write_text(json.dumps(table_from(frame, BASE), indent=2) + "\n")
-        side = table_path.with_suffix(".provenance.json")
-        side.write_text(json.dumps(dict(info, setting=settings[0].label,
-                                        meaning="seconds per batch saved by merging that block alone"),
-                                   indent=2, default=str) + "\n")
-        written += [table_path, side]
+    out = Path(args.out)
+    frame.to_csv(out, index=False)
+    write_sidecar(out, info)
     print(format_table(frame))
-    print(f"\nwrote {', '.join(map(str, written))}")
     return frame
 
 

@@ -1,0 +1,132 @@
+"""The training-recipe sweep for the `cpu` profile: mobilenetv2_035 on all of CIFAR-10 at 32 px, 2 CPU cores.
+
+    python benchmarks/recipe_sweep.py --stage 1          # run what is missing of stage 1, then collect
+    python benchmarks/recipe_sweep.py --collect          # only rewrite the results from runs/recipe/
+
+Each configuration is one `python -m ds.train` command (printed, and stored in the results) writing
+runs/recipe/<name>/; an interrupted run is continued with --resume, a finished one is skipped. The
+results are benchmarks/results/recipe_sweep.csv: one row per configuration and epoch (the curve:
+train accuracy on augmented batches, test top-1 on all 10,000 test images, seconds), with the
+configuration's arguments, the command, the date and the load average around the run.
+
+Stage 1 narrows the recipe on a cheap proxy (4 epochs: each schedule warms up and decays to zero);
+stage 2 trains the stage-1 winner for the epoch budgets the profile can afford.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "recipe"
+RESULTS = ROOT / "benchmarks" / "results" / "recipe_sweep.csv"
+COMMON = {"backbone": "mobilenetv2_035", "dataset": "cifar10", "input-size": 32, "threads": 2, "seed": 0}
+DEFAULT = {"batch-size": 128, "lr": 0.2, "weight-decay": 5e-4, "label-smoothing": 0.1, "warmup-epochs": 1}
+
+STAGES = {
+    1: {   # 4 epochs each: learning rate, batch, weight decay, label smoothing
+        "s1-lr0.2": {"epochs": 4},
+        "s1-lr0.1": {"epochs": 4, "lr": 0.1},
+        "s1-lr0.4": {"epochs": 4, "lr": 0.4},
+        "s1-bs256-lr0.4": {"epochs": 4, "batch-size": 256, "lr": 0.4},
+        "s1-wd1e-4": {"epochs": 4, "weight-decay": 1e-4},
+        "s1-ls0": {"epochs": 4, "label-smoothing": 0.0},
+    },
+}
+
+
+def arguments(settings: dict) -> dict:
+    return {**COMMON, **DEFAULT, **settings}
+
+
+def command(name: str, settings: dict, resume: bool) -> list[str]:
+    args = [sys.executable, "-m", "ds.train"]
+    for key, value in arguments(settings).items():
+        if value is True:
+            args.append(f"--{key}")
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    args += ["--out", str((RUNS / name).relative_to(ROOT)), "--no-progress"]
+    if resume:
+        args.append("--resume")
+    return args
+
+
+def finished(name: str, settings: dict) -> bool:
+    metrics = RUNS / name / "metrics.csv"
+    return metrics.is_file() and len(pd.read_csv(metrics)) >= arguments(settings)["epochs"]
+
+
+def run(name: str, settings: dict) -> None:
+    resume = (RUNS / name / "checkpoint.pt").is_file()
+    cmd = command(name, settings, resume)
+    shown = shlex.join(["python"] + cmd[1:])
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    load_before = os.getloadavg()
+    started = time.time()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    (RUNS / name / "sweep.txt").write_text(
+        f"command: {shown}\nfinished_utc: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        f"wall_s: {time.time() - started:.0f}\nload_before: {load_before[0]:.2f}\n"
+        f"load_after: {os.getloadavg()[0]:.2f}\n")
+
+
+def collect() -> pd.DataFrame:
+    rows = []
+    for stage, configs in STAGES.items():
+        for name, settings in configs.items():
+            metrics = RUNS / name / "metrics.csv"
+            if not metrics.is_file():
+                continue
+            curve = pd.read_csv(metrics)
+            info = dict(line.split(": ", 1) for line in (RUNS / name / "sweep.txt").read_text().splitlines()) \
+                if (RUNS / name / "sweep.txt").is_file() else {}
+            for key, value in arguments(settings).items():
+                curve[key.replace("-", "_")] = value
+            curve.insert(0, "config", name)
+            curve.insert(1, "stage", stage)
+            curve["finished_utc"] = info.get("finished_utc", "")
+            curve["load_before"] = info.get("load_before", "")
+            curve["load_after"] = info.get("load_after", "")
+            curve["command"] = info.get("command", shlex.join(["python"] + command(name, settings, False)[1:])).replace(f"{ROOT}/", "")
+            rows.append(curve)
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS, index=False)
+    if len(table):
+        last = table.sort_values("epoch").groupby("config").tail(1)
+        print(last[["config", "epoch", "train_acc", "test_acc", "seconds"]].to_string(index=False))
+    return table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", type=int, choices=sorted(STAGES), help="run the missing configurations of this stage")
+    p.add_argument("--only", nargs="+", help="configuration names to run (of --stage)")
+    p.add_argument("--collect", action="store_true", help="only rewrite the results table")
+    a = p.parse_args()
+    if a.stage is None and not a.collect:
+        p.error("give --stage N to run configurations, or --collect")
+    if a.stage is not None:
+        configs = STAGES[a.stage]
+        unknown = sorted(set(a.only or []) - set(configs))
+        if unknown:
+            p.error(f"unknown configuration(s) {unknown}; stage {a.stage} has {sorted(configs)}")
+        for name, settings in configs.items():
+            if (a.only and name not in a.only) or finished(name, settings):
+                continue
+            run(name, settings)
+            collect()
+    collect()
+
+
+if __name__ == "__main__":
+    main()
