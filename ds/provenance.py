@@ -51,6 +51,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction sets that decide which kernels a CPU runtime picks (a VM may report the same model
+# name on hosts of different generations, so the name alone does not say which ran).
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES /proc/cpuinfo lists (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in CPU_FEATURES if name in flags]
+    except OSError:
+        pass
+    return []
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's or the CPU's model name."""
     device = torch.device(device)
@@ -102,4 +120,4 @@ def versions() -> dict:
 
 def machine() -> dict:
     return {"platform": platform.platform(), "host": platform.node(), "cpu": cpu_name(),
-            "cpu_count": os.cpu_count()}
+            "cpu_features": cpu_features(), "cpu_count": os.cpu_count()}

@@ -23,3 +23,14 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_cpu_features_are_read_from_cpuinfo_flags(monkeypatch, tmp_path):
+    import builtins
+    from ds import provenance
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 xsave\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert provenance.cpu_features() == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert provenance.machine()["cpu_features"] == ["avx2", "fma", "avx512f", "avx512_bf16"]

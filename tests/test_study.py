@@ -94,3 +94,56 @@ def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch
     monkeypatch.setenv(chapter.DEADLINE_ENV, str(time.time() + 600))
     assert len(chapter.train(model, train_loader, test_loader, cfg, tmp_path).metrics) == 3
     assert chapter.is_finished(tmp_path, 3)
+
+
+def test_searched_selects_the_searches_without_latency_term_or_those_of_one_runtime():
+    from ds.study.steps import select_patterns
+    candidates = {"searched-k6": [0], "searched-k12": [1], "searched-k6@onnxruntime": [2],
+                  "searched-k6@openvino": [3], "random-k6": [4]}
+    assert select_patterns(candidates, ["searched"]) == {"searched-k6": [0], "searched-k12": [1]}
+    assert select_patterns(candidates, ["searched@onnxruntime", "random-k6"]) == {
+        "searched-k6@onnxruntime": [2], "random-k6": [4]}
+    with pytest.raises(ValueError, match="no such search"):
+        select_patterns(candidates, ["searched@torch"])
+    with pytest.raises(ValueError, match="'DS-Z' is not among"):
+        select_patterns(candidates, ["DS-Z"])
+
+
+def test_runtime_patterns_counts_changed_blocks_and_adds_up_each_runtimes_savings():
+    from types import SimpleNamespace
+    from ds.study.steps import LatencyTables, runtime_pattern_reading, runtime_patterns
+
+    def result(pattern):
+        return SimpleNamespace(pattern=lambda budget: pattern)
+    blocks = {"ort": pd.DataFrame({"block": [1, 2, 3], "saved_ms": [1.0, 2.0, 4.0]}),
+              "ov": pd.DataFrame({"block": [1, 2, 3], "saved_ms": [3.0, 0.5, 0.25]})}
+    tables = LatencyTables(blocks, {"openvino:bf16": "the CPU has no bf16"})
+    plain = {2: result([1, 0, 0, 1, 1])}                   # removes blocks 1 and 2
+    by_runtime = {"ort": {2: result([1, 0, 1, 0, 1])},     # removes 1 and 3: one block differs
+                  "ov": {2: result([1, 0, 0, 1, 1])}}      # the same as without latency term
+    table = runtime_patterns(plain, by_runtime, tables)
+    assert table["latency term"].tolist() == ["none", "ort", "ov"]
+    assert table["removed blocks"].tolist() == ["1 2", "1 3", "1 2"]
+    assert table["differs from no latency term"].tolist() == [0, 1, 0]
+    assert table["saves in ort (ms)"].tolist() == pytest.approx([3.0, 5.0, 3.0])
+    assert table["saves in ov (ms)"].tolist() == pytest.approx([3.5, 3.25, 3.5])
+    reading = runtime_pattern_reading(table, tables.skipped)
+    assert "changed the searched pattern for ort (1 of the 2 removed blocks)" in reading
+    assert "The 2 runtimes chose 2 different patterns" in reading
+    assert "openvino:bf16 was not measured: the CPU has no bf16" in reading
+
+
+def test_time_share_reading_gives_the_depthwise_bound_and_the_merged_networks_split():
+    from ds.study.steps import time_share_reading
+    row = dict(setting="onnxruntime")
+    table = pd.DataFrame([
+        dict(row, pattern="base", total_ms=10.0, depthwise_share=0.25, pointwise_share=0.5, dense_kxk_share=0.05,
+             other_share=0.2),
+        dict(row, pattern="DS-F", total_ms=6.0, depthwise_share=0.05, pointwise_share=0.25, dense_kxk_share=0.6,
+             other_share=0.1),
+        dict(row, pattern="DS-A", total_ms=8.0, depthwise_share=0.2, pointwise_share=0.4, dense_kxk_share=0.2,
+             other_share=0.2)])
+    reading = time_share_reading(table)
+    assert "25% of its profiled time in depthwise" in reading
+    assert "would run 1.33x faster" in reading
+    assert "**DS-F** spends 60% in dense k x k" in reading and "takes 0.60 of the base's time" in reading

@@ -25,11 +25,20 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
         assert _outputs(tiny_study / f"{chapter}.ipynb", "image/png"), f"{chapter} made no figure"
     assert (tiny_study / "base" / "checkpoint.pt").is_file()
     assert len(pd.read_csv(tiny_study / "01_observation" / "removal.csv")) == 17   # mobilenetv2 blocks
-    assert json.loads((tiny_study / "02_search" / "patterns.json").read_text())
+    patterns = json.loads((tiny_study / "02_search" / "patterns.json").read_text())
+    assert {"searched-k8", "searched-k8@torch", "searched-k8@onnxruntime"} <= set(patterns)
+    latency = pd.read_csv(tiny_study / "02_search" / "latency_onnxruntime.csv")
+    assert len(latency) == 17 and (latency["runtime"] == "onnxruntime").all()
     merge = pd.read_csv(tiny_study / "04_merge" / "merge.csv")
     assert (merge["max_rel"] < 1e-4).all()
     assert (merge["acc_merged"] == merge["acc_unmerged"]).all()
     assert set(pd.read_csv(tiny_study / "05_throughput" / "throughput.csv")["device"]) >= {"cpu"}
+    shares = pd.read_csv(tiny_study / "05_throughput" / "time_shares.csv")
+    assert {"torch NCHW", "onnxruntime"} <= set(shares["setting"]) and "base" in set(shares["pattern"])
+    kinds = shares[["depthwise_share", "pointwise_share", "dense_kxk_share", "other_share"]]
+    assert kinds.sum(axis=1).tolist() == pytest.approx([1.0] * len(shares))
+    base = shares[shares["pattern"] == "base"]
+    assert (base["dense_kxk_share"] < base["depthwise_share"] + base["pointwise_share"]).all()
     layout = RunLayout(tiny_study)
     assert layout.merged_network("base", False).is_file()           # chapter 4 saved what chapter 5 timed
     assert all(layout.merged_network(row.pattern, row.distill).is_file() for row in merge.itertuples())

@@ -8,10 +8,11 @@
     ds.bench.best_base(frame)                                the fastest base of a table
     ds.bench.latency_table(model, input_size, batch, runtime="onnxruntime")
                                                              time saved per block, for the search
+    ds.bench.block_latencies(...)                            the per-block timings behind it
     python -m ds.bench --help                                the paper's table and more
 """
 from .compare import Setting, best_base, expand_settings, measure_settings, runtime_table
-from .latency import latency_table
+from .latency import block_latencies, latency_table, predicted_saving
 from .runtimes import RUNTIMES
 from .settings import BenchError
 from .roofline import Bound, Peaks, measure_peaks, roofline, time_bound
@@ -20,4 +21,4 @@ from .traffic import memory_traffic
 
 __all__ = ["throughput", "measure", "Throughput", "roofline", "measure_peaks", "time_bound",
            "memory_traffic", "Peaks", "Bound", "BenchError", "runtime_table", "best_base",
-           "latency_table", "measure_settings", "expand_settings", "Setting", "RUNTIMES"]
+           "latency_table", "block_latencies", "predicted_saving", "measure_settings", "expand_settings", "Setting", "RUNTIMES"]

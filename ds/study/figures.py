@@ -63,6 +63,23 @@ def pattern_grid(patterns: dict[str, list[int]]):
     return fig
 
 
+def latency_bars(saved_ms: pd.DataFrame, title: str):
+    """Time per batch each block saves when merged (rows: switch index), one bar per runtime."""
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    width = 0.8 / max(1, saved_ms.shape[1])
+    for i, runtime in enumerate(saved_ms.columns):
+        ax.bar([x + (i - (saved_ms.shape[1] - 1) / 2) * width for x in range(len(saved_ms))],
+               saved_ms[runtime], width=width, label=runtime)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(list(range(len(saved_ms))), [str(b) for b in saved_ms.index])
+    ax.set_xlabel("block (switch index) merged")
+    ax.set_ylabel("time saved (ms per batch)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_vs_removed(table: pd.DataFrame, base_acc: float):
     """Finetuned accuracy against the number of blocks whose activations were removed."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -147,6 +164,33 @@ def speedup_by_setting(table: pd.DataFrame, title: str):
     ax.set_ylabel("speed-up over the fastest base (x)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncols=min(len(settings), 4), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def time_share_bars(table: pd.DataFrame, title: str):
+    """One horizontal bar per runtime setting and network, its length the profiled time relative to
+    the base in the same setting, split into depthwise, 1x1, dense k x k and other time."""
+    colors = {"depthwise": "#c44e52", "pointwise": "#3b6ea8", "dense_kxk": "#55a868", "other": "#bbbbbb"}
+    labels = {"depthwise": "depthwise conv", "pointwise": "1x1 conv", "dense_kxk": "dense k x k conv",
+              "other": "everything else"}
+    rows = []
+    for setting, group in table.groupby("setting", sort=False):
+        base_total = group.loc[group["pattern"] == "base", "total_ms"].iloc[0]
+        rows += [(f"{setting}: {r['pattern']}", {k: r[f"{k}_ms"] / base_total for k in colors})
+                 for _, r in group.iterrows()]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.4))
+    for y, (_, parts) in enumerate(rows):
+        left = 0.0
+        for kind, value in parts.items():
+            ax.barh(y, value, left=left, color=colors[kind], label=labels[kind] if y == 0 else None)
+            left += value
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("profiled time per batch, relative to the base in the same setting")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncols=4, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -121,8 +121,12 @@ class RunLayout:
     def comparison_csv(self) -> Path:
         return self.chapter_dir("01_observation") / "comparison.csv"
 
-    def search_dir(self, budget: int) -> Path:
-        return self.chapter_dir("02_search") / f"k{budget}"
+    def search_dir(self, budget: int, runtime: str | None = None) -> Path:
+        """The search at `budget`; with `runtime`, the one whose latency term is that runtime's table."""
+        return self.chapter_dir("02_search") / (f"k{budget}" if runtime is None else f"k{budget}@{runtime}")
+
+    def latency_csv(self, runtime: str) -> Path:
+        return self.chapter_dir("02_search") / f"latency_{runtime}.csv"
 
     @property
     def patterns_json(self) -> Path:
@@ -150,3 +154,7 @@ class RunLayout:
     @property
     def throughput_csv(self) -> Path:
         return self.chapter_dir("05_throughput") / "throughput.csv"
+
+    @property
+    def time_shares_csv(self) -> Path:
+        return self.chapter_dir("05_throughput") / "time_shares.csv"

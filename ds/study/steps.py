@@ -3,9 +3,11 @@ parameters, writes its table to the run directory (row by row where a row is exp
 rows already there, so an interrupted chapter resumes) and returns it for the notebook to show."""
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -16,6 +18,10 @@ import torch
 
 import ds
 from ds import bench, gating
+from ds.bench.latency import table_from
+from ds.bench.profile import KINDS as LAYER_KINDS
+from ds.bench.profile import time_shares as profiled_time_shares
+from ds.bench.runtimes import unsupported
 from ds.bench.settings import all_cores
 from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
@@ -150,20 +156,117 @@ def compare_with_scratch(ch: Chapter, pattern, base_metrics: pd.DataFrame, finet
 
 # ---------------------------------------------------------------- chapter 2
 
-def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float) -> dict:
+def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float,
+           latency: dict | None = None, latency_weight: float = 0.0, runtime: str | None = None) -> dict:
     """The gate search from the base network at every budget ({budget: SearchResult}); each
-    resumes from its checkpoint in <run_dir>/02_search/k<budget>/."""
+    resumes from its checkpoint in <run_dir>/02_search/k<budget>/. With `latency` (a latency table,
+    {switch index: seconds saved}) and `latency_weight` > 0, the search weighs the time each block
+    saves in `runtime` (directory k<budget>@<runtime>)."""
+    if (latency is None) != (runtime is None):
+        raise ValueError("give a latency table and the runtime it was measured in together")
     searches = {}
     for budget in budgets:
         cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=ch.seed)
-        out = ch.layout.search_dir(budget)
+        out = ch.layout.search_dir(budget, runtime)
         searches[budget] = train(
             None, ch.train_loader, ch.test_loader, cfg, out, piece=ch.piece,
             run=lambda c, out=out, budget=budget: gating.search(base, ch.train_loader, ch.test_loader, budget, c,
-                                                                out_dir=out, resume=True,
+                                                                out_dir=out, resume=True, latency=latency,
+                                                                latency_weight=latency_weight if latency else 0.0,
                                                                 meta=net_info(base)))
         searches[budget].extra["metrics"].to_csv(out / "search_metrics.csv", index=False)
     return searches
+
+
+# How chapter 2 may run a pattern when it measures latency tables: ds.bench runtime and torch layout.
+LATENCY_RUNTIMES = {"torch": ("torch", "nchw"), "torch_channels_last": ("torch", "channels_last"),
+                    "onnxruntime": ("onnxruntime", "nchw"), "openvino": ("openvino", "nchw")}
+
+
+@dataclass
+class LatencyTables:
+    blocks: dict[str, pd.DataFrame]   # runtime -> ds.bench.block_latencies rows
+    skipped: dict[str, str]           # runtime -> why it cannot run here
+
+    def table(self, runtime: str) -> dict[str, float]:
+        """{switch index: seconds per batch saved}, what the search's latency term reads."""
+        return table_from(self.blocks[runtime])
+
+    def saved_ms(self) -> pd.DataFrame:
+        """Milliseconds per batch each block saves, one column per runtime."""
+        return pd.DataFrame({r: f.set_index("block")["saved_ms"] for r, f in self.blocks.items()})
+
+
+def latency_tables(ch: Chapter, base, runtimes: list[str], batch: int, input_size=None,
+                   min_time: float = 0.1, repeats: int = 7) -> LatencyTables:
+    """Per runtime, every searchable block of the base timed alone and merged (one thread, batch
+    `batch`, `input_size` default the study's), saved to 02_search/latency_<runtime>.csv and reused
+    from there. A runtime that cannot run here is skipped with the reason."""
+    unknown = [r for r in runtimes if r not in LATENCY_RUNTIMES]
+    if unknown:
+        raise ValueError(f"latency_runtimes {unknown}: choose among {', '.join(LATENCY_RUNTIMES)}")
+    blocks, skipped = {}, {}
+    cpu_base = copy.deepcopy(base).cpu()
+    for runtime in runtimes:
+        path = ch.layout.latency_csv(runtime)
+        if path.is_file():
+            blocks[runtime] = pd.read_csv(path)
+            continue
+        engine, layout = LATENCY_RUNTIMES[runtime]
+        device = ch.device if engine == "torch" else torch.device("cpu")
+        reason = unsupported(engine, "fp32", device) if engine != "torch" else None
+        if reason:
+            skipped[runtime] = reason
+            continue
+        frame = bench.block_latencies(base if engine == "torch" else cpu_base, input_size or ch.input_size,
+                                      batch, engine, threads=1, device=device, layout=layout,
+                                      repeats=repeats, warmup=2, min_time=min_time, seed=ch.seed)
+        frame["load_average"] = os.getloadavg()[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        blocks[runtime] = frame
+    return LatencyTables(blocks, skipped)
+
+
+def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTables) -> pd.DataFrame:
+    """One row per budget and search (without latency term, then one per runtime): the blocks it
+    removes, how many differ from the search without latency term, and the milliseconds per batch
+    its pattern saves by every runtime's table."""
+    rows = []
+    for budget, result in plain.items():
+        reference = set(_removed(result.pattern(budget)))
+        for label, searched in [("none", result), *((r, s[budget]) for r, s in by_runtime.items())]:
+            pattern = searched.pattern(budget)
+            removed = _removed(pattern)
+            row = {"budget": budget, "latency term": label, "removed blocks": " ".join(map(str, removed)),
+                   "differs from no latency term": len(reference.symmetric_difference(removed)) // 2}
+            for runtime in tables.blocks:
+                row[f"saves in {runtime} (ms)"] = 1e3 * bench.predicted_saving(tables.table(runtime), pattern)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str:
+    """What the table of `runtime_patterns` says, in sentences: per budget, which runtimes' latency
+    terms changed the searched pattern, and whether the runtimes chose alike."""
+    lines = []
+    for budget, group in table.groupby("budget"):
+        runs = group[group["latency term"] != "none"]
+        changed = [f"{r['latency term']} ({r['differs from no latency term']} of the "
+                   f"{len(r['removed blocks'].split())} removed blocks)"
+                   for _, r in runs.iterrows() if r["differs from no latency term"]]
+        distinct = runs["removed blocks"].nunique()
+        lines.append(f"- **k={budget}.** " + (
+            f"The latency term changed the searched pattern for {', '.join(changed)}." if changed else
+            "No runtime's latency term changed the searched pattern.")
+            + (f" The {len(runs)} runtimes chose {distinct} different patterns." if len(runs) > 1 else ""))
+    for runtime, reason in skipped.items():
+        lines.append(f"- {runtime} was not measured: {reason}.")
+    return "\n".join(lines)
+
+
+def _removed(pattern) -> list[int]:
+    return [i for i, keep in enumerate(pattern) if not keep]
 
 
 def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
@@ -174,9 +277,10 @@ def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
 
 
 def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int,
-                       backbone: str) -> dict[str, list[int]]:
-    """Searched, sensitivity and random patterns at every searched budget, then the paper's (when
-    it has patterns for this backbone)."""
+                       backbone: str, runtime_searches: dict[str, dict] | None = None) -> dict[str, list[int]]:
+    """Searched, sensitivity and random patterns at every searched budget, the searches with a
+    runtime's latency term (searched-k<budget>@<runtime>), then the paper's (when it has patterns
+    for this backbone)."""
     patterns = {}
     for budget, result in searches.items():
         patterns[f"searched-k{budget}"] = result.pattern(budget)
@@ -184,6 +288,9 @@ def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: in
         patterns[f"sensitivity-k{budget}"] = sensitivity_result.pattern(budget)
     for budget in searches:
         patterns[f"random-k{budget}"] = gating.random_patterns(base, budget, 1, seed=random_seed)[0]
+    for runtime, results in (runtime_searches or {}).items():
+        for budget, result in results.items():
+            patterns[f"searched-k{budget}@{runtime}"] = result.pattern(budget)
     for name, pattern in ds.PATTERNS.get(backbone, {}).items():
         patterns[name] = list(pattern)
     return patterns
@@ -201,16 +308,24 @@ def read_patterns(ch: Chapter) -> dict[str, list[int]]:
 
 
 def select_patterns(candidates: dict[str, list[int]], wanted: list[str]) -> dict[str, list[int]]:
-    """`wanted` names from the candidates; 'searched' stands for every searched pattern."""
+    """`wanted` names from the candidates; 'searched' stands for every search without latency
+    term (searched-k<budget>), 'searched@<runtime>' for every search with that runtime's."""
     chosen = {}
     for name in wanted:
-        if name == "searched":
-            chosen.update({k: v for k, v in candidates.items() if k.startswith("searched-")})
+        if name == "searched" or (name.startswith("searched@") and name != "searched@"):
+            suffix = name[len("searched"):]
+            found = {k: v for k, v in candidates.items()
+                     if re.fullmatch(r"searched-k\d+" + re.escape(suffix), k)}
+            if not found:
+                raise ValueError(f"pattern {name!r}: chapter 2 made no such search (its patterns: "
+                                 f"{', '.join(candidates)})")
+            chosen.update(found)
         elif name in candidates:
             chosen[name] = candidates[name]
         else:
             raise ValueError(f"pattern {name!r} is not among chapter 2's patterns: {', '.join(candidates)} "
-                             f"(or 'searched' for all searched ones)")
+                             f"(or 'searched' for the searches without latency term, 'searched@RUNTIME' "
+                             f"for those with a runtime's)")
     return chosen
 
 
@@ -422,6 +537,73 @@ def throughput_reading(table: pd.DataFrame) -> str:
                f"than the best base: a merged network run in a slow runtime does not beat the base run in "
                f"a fast one." if len(losers) else "Every merged network beats the best base in every setting."))
     return "\n\n".join(lines)
+
+
+# CPU settings chapter 5 profiles: label -> (runtime, dtype, channels_last)
+PROFILED = {"torch NCHW": ("torch", "fp32", False), "torch channels_last": ("torch", "fp32", True),
+            "onnxruntime": ("onnxruntime", "fp32", False), "openvino": ("openvino", "fp32", False),
+            "openvino bf16": ("openvino", "bf16", False)}
+
+
+@dataclass
+class TimeShares:
+    table: pd.DataFrame        # one row per setting and network: ms per batch by kind of layer
+    not_measured: list[str]    # settings that cannot run here, each with the reason
+
+
+def time_shares(ch: Chapter, settings: list[str], batch: int, input_size: int | None = None,
+                threads: int = 1, runs: int = 5) -> TimeShares:
+    """Where each network's CPU time goes (ds.bench.profile.time_shares): ms per batch in depthwise,
+    1x1 and dense k x k convolutions and the rest, per runtime setting, for the base and every merged
+    (distilled) network as chapter 4 saved them, each through its runtime's own profiler
+    (time_shares.csv). Shares are what to read: profiling adds overhead to the times."""
+    unknown = [s for s in settings if s not in PROFILED]
+    if unknown:
+        raise ValueError(f"profile_settings {unknown}: choose among {', '.join(PROFILED)}")
+    size = input_size or ch.input_size
+    models = merged_networks(ch)
+    rows, not_measured = [], []
+    for label in settings:
+        runtime, dtype, channels_last = PROFILED[label]
+        reason = unsupported(runtime, dtype, torch.device("cpu"))
+        if reason:
+            not_measured.append(f"{label}: {reason}")
+            continue
+        for name, model in models.items():
+            spent = profiled_time_shares(model.cpu(), size, batch, runtime, threads=threads, dtype=dtype,
+                                              channels_last=channels_last, runs=runs, seed=ch.seed)
+            rows.append({"setting": label, "pattern": name, **{f"{k}_ms": 1e3 * v for k, v in spent.items()}})
+    table = pd.DataFrame(rows)
+    if len(table):
+        kinds = table[[f"{kind}_ms" for kind in LAYER_KINDS]].sum(axis=1)   # medians per kind: ~ total_ms
+        for kind in LAYER_KINDS:
+            table[f"{kind}_share"] = table[f"{kind}_ms"] / kinds
+    path = ch.layout.time_shares_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return TimeShares(table, not_measured)
+
+
+def time_share_reading(table: pd.DataFrame) -> str:
+    """Per setting: where the base's time goes, the most a merge could save if depthwise convs
+    cost nothing, and where the time of the fastest merged network (by the profile) goes."""
+    lines = []
+    for setting, group in table.groupby("setting", sort=False):
+        base = group[group["pattern"] == "base"].iloc[0]
+        merged = group[group["pattern"] != "base"]
+        if merged.empty:
+            continue
+        best = merged.sort_values("total_ms").iloc[0]
+        lines.append(
+            f"- **{setting}.** The base spends {100 * base['depthwise_share']:.0f}% of its profiled time in "
+            f"depthwise convolutions, {100 * base['pointwise_share']:.0f}% in 1x1 convolutions and "
+            f"{100 * base['other_share']:.0f}% outside convolutions; were its depthwise convolutions free, it "
+            f"would run {1 / (1 - base['depthwise_share']):.2f}x faster. **{best['pattern']}** spends "
+            f"{100 * best['dense_kxk_share']:.0f}% in dense k x k convolutions, "
+            f"{100 * best['pointwise_share']:.0f}% in 1x1 ones and {100 * best['depthwise_share']:.0f}% in the "
+            f"depthwise ones it keeps; its profiled pass takes {best['total_ms'] / base['total_ms']:.2f} of the "
+            f"base's time.")
+    return "\n".join(lines)
 
 
 def published_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
