@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ds.study.steps import setting_labels
+from ds.bench.compare import setting_labels
 
 path = Path(sys.argv[1] if len(sys.argv) > 1 else "data/results/throughput_mbv2_140_cpu.csv")
 table = pd.read_csv(path)

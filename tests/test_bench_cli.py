@@ -235,3 +235,27 @@ def test_runtime_errors_name_the_problem(tmp_path, capsys):
                  "--runtimes", "onnxruntime", "--dtypes", "fp16"]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime fp16 not measured" in err and "nothing to measure" in err
+
+
+def test_time_shares_profile_every_network_in_every_cpu_setting(tmp_path, pattern_file):
+    pytest.importorskip("onnxruntime")
+    shares = tmp_path / "shares.csv"
+    assert main(["--model", MODEL, "--patterns", str(pattern_file), "--device", "cpu", "--runtimes",
+                 "torch,onnxruntime", "--layouts", "nchw,channels_last", "--time-shares", str(shares),
+                 "--iters", "1", *FAST]) == 0
+    table = pd.read_csv(shares)
+    assert set(zip(table["setting"], table["pattern"])) == {
+        (s, p) for s in ("torch NCHW", "torch channels_last", "onnxruntime") for p in ("base", "DS-E", "DS-F")}
+    kinds = table[["depthwise_share", "pointwise_share", "dense_kxk_share", "other_share"]]
+    assert kinds.sum(axis=1).tolist() == pytest.approx([1.0] * len(table))
+    # the merged networks trade depthwise time for dense k x k time
+    base, merged = table[table["pattern"] == "base"], table[table["pattern"] == "DS-F"]
+    assert (base["dense_kxk_ms"].to_numpy() < merged["dense_kxk_ms"].to_numpy()).all()
+    side = json.loads(shares.with_suffix(".json").read_text())
+    assert side["batch"] == 2 and side["threads"] == 1 and "cpu_features" in side
+
+
+def test_time_shares_need_one_thread_count_and_batch(tmp_path, capsys):
+    assert main(["--model", MODEL, "--device", "cpu", "--time-shares", str(tmp_path / "s.csv"),
+                 *FAST, "--threads", "1,2"]) == 2
+    assert "--time-shares profiles one thread count and one batch" in capsys.readouterr().err

@@ -9,6 +9,7 @@
     ds.bench.latency_table(model, input_size, batch, runtime="onnxruntime")
                                                              time saved per block, for the search
     ds.bench.block_latencies(...)                            the per-block timings behind it
+    ds.bench.profile.time_share_table({name: merged}, ...)  where the time goes, per runtime
     python -m ds.bench --help                                the paper's table and more
 """
 from .compare import Setting, best_base, expand_settings, measure_settings, runtime_table

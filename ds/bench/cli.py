@@ -8,7 +8,8 @@ The project's tables:
     CPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 16 \\
               --input 224 --runtimes torch,onnxruntime,openvino,openvino:bf16 \\
               --layouts nchw,channels_last --threads 1 --repeats 5 --min-time 1 \\
-              --out data/results/throughput_mbv2_140_cpu.csv
+              --out data/results/throughput_mbv2_140_cpu.csv \\
+              --time-shares data/results/time_shares_mbv2_140_cpu.csv
     GPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cuda --batch 128 \\
               --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last --modes eager,cudagraph \\
               --out data/results/throughput_mbv2_140_h100.csv
@@ -40,6 +41,8 @@ from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
 from .compare import expand_settings, measure_settings
 from .latency import block_latencies, table_from
+from .profile import time_share_table
+from .runtimes import MODES as RUNTIME_MODES
 from .report import format_table, provenance, write_sidecar
 from .settings import BenchError, all_cores
 from .variants import BASE, build_variants, load_patterns
@@ -65,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(the block and its merged form timed alone, interleaved) in the (single) "
                         "setting given, and write {switch index: seconds} for python -m ds.train "
                         "--latency-table; with --out the patterns are timed as well")
+    p.add_argument("--time-shares", metavar="CSV",
+                   help="also profile every network in every CPU setting with the runtime's own "
+                        "profiler: ms per batch in depthwise, 1x1 and dense k x k convs and the rest "
+                        "(one thread count and batch; a .json sidecar goes beside it)")
     p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
     p.add_argument("--layouts", default="nchw", help="comma list of nchw, channels_last (torch only)")
     p.add_argument("--modes", default="eager", help="comma list of eager, cudagraph, compile (torch only)")
@@ -124,14 +131,19 @@ def check_writable(path: Path, option: str) -> None:
 
 def outputs(args) -> list[tuple[Path, str]]:
     """Every file the run will write, with the option that named it."""
-    if args.out is None and args.latency_table is None:
-        raise BenchError("give --out CSV (a throughput table) or --latency-table JSON (or both)")
+    if args.out is None and args.latency_table is None and args.time_shares is None:
+        raise BenchError("give --out CSV (a throughput table), --latency-table JSON or --time-shares CSV")
     files = []
     if args.out is not None:
         out = Path(args.out)
         if out.suffix.lower() != ".csv":
             raise BenchError(f"--out {out}: name a .csv file (its .json sidecar goes beside it)")
         files += [(out, "--out"), (out.with_suffix(".json"), "--out (its sidecar)")]
+    if args.time_shares is not None:
+        shares = Path(args.time_shares)
+        if shares.suffix.lower() != ".csv":
+            raise BenchError(f"--time-shares {shares}: name a .csv file (its .json sidecar goes beside it)")
+        files += [(shares, "--time-shares"), (shares.with_suffix(".json"), "--time-shares (its sidecar)")]
     if args.latency_table is not None:
         table = Path(args.latency_table)
         if table.suffix.lower() != ".json":
@@ -154,6 +166,10 @@ def run(args, command: str) -> pd.DataFrame:
         raise BenchError(f"--latency-table measures one setting; the options give {len(settings)} "
                          f"({'; '.join(s.label for s in settings[:3])}, ...): give one runtime, "
                          "dtype, layout, mode, thread count and batch")
+    if args.time_shares is not None and device.type != "cpu":
+        raise BenchError("--time-shares profiles CPU runtimes: use --device cpu")
+    if args.time_shares is not None and len({(s.threads, s.batch) for s in settings}) != 1:
+        raise BenchError("--time-shares profiles one thread count and one batch: give one of each")
     load_before = os.getloadavg()
     git_state = git_commit()  # the code that runs, not the code at the end
 
@@ -162,9 +178,14 @@ def run(args, command: str) -> pd.DataFrame:
     written, frame = [], None
     if args.latency_table is not None:
         written += write_latency_table(args, model, settings[0], device, command, git_state, notes)
-    if args.out is not None:
-        frame = throughput(args, model, settings, device, command, git_state, notes, load_before)
-        written += [Path(args.out), Path(args.out).with_suffix(".json")]
+    if args.out is not None or args.time_shares is not None:
+        models, errors, patterns = variants(args, model)
+        if args.out is not None:
+            frame = throughput(args, models, errors, patterns, settings, device, command, git_state, notes,
+                               load_before)
+            written += [Path(args.out), Path(args.out).with_suffix(".json")]
+        if args.time_shares is not None:
+            written += write_time_shares(args, models, settings, command, git_state, notes)
     print(f"\nwrote {', '.join(map(str, written))}")
     return frame
 
@@ -206,13 +227,39 @@ def write_latency_table(args, model, setting, device, command: str, git_state: d
     return [table_path, side]
 
 
-def throughput(args, model, settings, device, command: str, git_state: dict, notes: list[str],
-               load_before) -> pd.DataFrame:
-    """The base and the --patterns, merged and verified, timed in every setting; the CSV and its sidecar."""
-    n_switches = len(ds.switches(model))
+def variants(args, model):
+    """({name: merged network}, their merge errors, {name: pattern}): the base and the --patterns."""
     patterns = load_patterns(args.patterns, args.model)
     print(f"building {args.model} and {len(patterns)} variants, merging and verifying ...", file=sys.stderr)
     models, errors = build_variants(model, patterns, args.input, args.merge_depthwise_separable)
+    return models, errors, {BASE: [1] * len(ds.switches(model)), **patterns}
+
+
+def write_time_shares(args, models, settings, command: str, git_state: dict, notes: list[str]) -> list[Path]:
+    """Where each network's time goes in every CPU setting asked for (ds.bench.profile), and a sidecar."""
+    names = list(dict.fromkeys(s.short for s in settings if s.mode in ("eager",) + tuple(RUNTIME_MODES.values())))
+    skipped = [f"{s.label}: only eager torch is profiled" for s in settings
+               if s.runtime == "torch" and s.mode != "eager"]
+    load_before = os.getloadavg()
+    print(f"profiling {len(models)} networks in {', '.join(names)} ...", file=sys.stderr)
+    table, not_measured = time_share_table(models, args.input, settings[0].batch, names,
+                                           threads=settings[0].threads, seed=args.seed)
+    path = Path(args.time_shares)
+    table.to_csv(path, index=False)
+    info = provenance(command, git=git_state, device="cpu", cpu_name=cpu_name(), threads=settings[0].threads,
+                      batch=settings[0].batch, input=args.input, settings_not_measured=notes + skipped + not_measured,
+                      load_average_before=load_before, load_average_after=os.getloadavg(),
+                      meaning="ms per batch in each kind of layer, from each runtime's own profiler "
+                              "(ds.bench.profile.time_shares); shares of the four kinds' sum")
+    side = write_sidecar(path, info)
+    print(table[["setting", "pattern", "total_ms"] + [c for c in table.columns if c.endswith("_share")]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return [path, side]
+
+
+def throughput(args, models, errors, patterns, settings, device, command: str, git_state: dict,
+               notes: list[str], load_before) -> pd.DataFrame:
+    """The base and the --patterns, merged and verified, timed in every setting; the CSV and its sidecar."""
     macs = {name: int(ds.macs(m, args.input)) for name, m in models.items()}
     params = {name: int(ds.params(m)) for name, m in models.items()}
     for name in models:
@@ -242,7 +289,7 @@ def throughput(args, model, settings, device, command: str, git_state: dict, not
                             "another: speedup_same_runtime cancels drift, speedup_over_best_base "
                             "compares settings measured minutes apart (see load_average per row)"),
         patterns={name: "".join(map(str, p))
-                  for name, p in {BASE: [1] * n_switches, **patterns}.items()},
+                  for name, p in patterns.items()},
         verification={n: {k: float(v) for k, v in e.items()} for n, e in errors.items()},
         **record,
     )

@@ -35,6 +35,18 @@ from .timing import measure, resolve_mode
 BASE = "base"
 
 
+def short_name(runtime: str, layout: str, dtype: str) -> str:
+    """A runtime setting's short name: 'torch NCHW', 'torch channels_last', 'onnxruntime',
+    'openvino', with the dtype when it is not fp32."""
+    name = f"torch {'NCHW' if layout == 'nchw' else layout}" if runtime == "torch" else runtime
+    return name if dtype == "fp32" else f"{name} {dtype}"
+
+
+def setting_labels(table: pd.DataFrame) -> pd.Series:
+    """short_name of every row of a ds.bench table."""
+    return table.apply(lambda row: short_name(row["runtime"], row["layout"], row["dtype"]), axis=1)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One way of running the networks: runtime, dtype, layout, mode, CPU threads, batch."""
@@ -49,6 +61,11 @@ class Setting:
     def label(self) -> str:
         return (f"{self.runtime} {self.dtype} {self.layout} {self.mode}, {self.threads} threads, "
                 f"batch {self.batch}")
+
+    @property
+    def short(self) -> str:
+        """'torch NCHW', 'torch channels_last', 'onnxruntime', 'openvino bf16': what tables and figures show."""
+        return short_name(self.runtime, self.layout, self.dtype)
 
     @property
     def way(self) -> str:

@@ -21,15 +21,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from ds import export
 
+from .compare import short_name
+from .runtimes import unsupported
 from .settings import BenchError, fixed_threads
 from .timing import random_batch
 
 KINDS = ("depthwise", "pointwise", "dense_kxk", "other")
+# The CPU settings a time-share table may profile: short name -> (runtime, dtype, channels_last)
+SETTINGS = {short_name(r, "channels_last" if cl else "nchw", d): (r, d, cl) for r, d, cl in (
+    ("torch", "fp32", False), ("torch", "fp32", True), ("onnxruntime", "fp32", False),
+    ("openvino", "fp32", False), ("openvino", "bf16", False))}
 
 
 def _kind(weight_shape, groups_equal_channels: bool) -> str:
@@ -145,3 +152,30 @@ def time_shares(model: nn.Module, input_size, batch: int = 16, runtime: str = "t
                     raise BenchError("onnxruntime runs fp32 here")
                 return _onnxruntime_shares(path, array, threads, runs)
             return _openvino_shares(path, array, threads, dtype, runs)
+
+
+def time_share_table(models, input_size, batch: int, settings, threads: int = 1, runs: int = 5,
+                     seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """(table, not_measured): `time_shares` of every network ({name: merged network}) in every
+    setting (names from SETTINGS), one row each: setting, pattern, <kind>_ms, total_ms, wall_ms and
+    <kind>_share (of the four kinds' sum); a setting this CPU cannot run is left out, with the reason."""
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise BenchError(f"unknown profiling setting(s) {unknown}: choose among {', '.join(SETTINGS)}")
+    rows, not_measured = [], []
+    for label in settings:
+        runtime, dtype, channels_last = SETTINGS[label]
+        reason = unsupported(runtime, dtype, torch.device("cpu"))
+        if reason:
+            not_measured.append(f"{label}: {reason}")
+            continue
+        for name, model in models.items():
+            spent = time_shares(model.cpu(), input_size, batch, runtime, threads=threads, dtype=dtype,
+                                channels_last=channels_last, runs=runs, seed=seed)
+            rows.append({"setting": label, "pattern": name, **{f"{k}_ms": 1e3 * v for k, v in spent.items()}})
+    table = pd.DataFrame(rows)
+    if len(table):
+        kinds = table[[f"{kind}_ms" for kind in KINDS]].sum(axis=1)   # medians per kind: ~ total_ms
+        for kind in KINDS:
+            table[f"{kind}_share"] = table[f"{kind}_ms"] / kinds
+    return table, not_measured

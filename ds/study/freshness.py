@@ -34,8 +34,6 @@ def hashed_parameters(parameters: dict) -> dict:
     return {k: v for k, v in parameters.items() if k not in UNHASHED}
 
 
-
-
 def read_done(path: str | Path) -> dict | None:
     """The record of a finished chapter; None when unfinished, {} for a record without parameters."""
     path = Path(path)

@@ -19,8 +19,8 @@ import torch
 import ds
 from ds import bench, gating
 from ds.bench.latency import table_from
-from ds.bench.profile import KINDS as LAYER_KINDS
-from ds.bench.profile import time_shares as profiled_time_shares
+from ds.bench.compare import setting_labels
+from ds.bench.profile import time_share_table
 from ds.bench.runtimes import unsupported
 from ds.bench.settings import all_cores
 from ds.meta import info as net_info
@@ -502,16 +502,6 @@ def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, 
     return ThroughputResult(table, not_measured)
 
 
-def setting_labels(table: pd.DataFrame) -> pd.Series:
-    """A short name per row's runtime setting: 'torch NCHW', 'torch channels_last', 'onnxruntime',
-    'openvino', with the dtype when it is not fp32."""
-    def label(row):
-        name = f"torch {'NCHW' if row['layout'] == 'nchw' else row['layout']}" if row["runtime"] == "torch" \
-            else row["runtime"]
-        return name if row["dtype"] == "fp32" else f"{name} {row['dtype']}"
-    return table.apply(label, axis=1)
-
-
 def best_setting_per_pattern(table: pd.DataFrame) -> pd.DataFrame:
     """For each device and network, the row of the setting where it runs fastest (what a user
     who deploys it well gets), with its speed-up over the device's fastest base."""
@@ -539,12 +529,6 @@ def throughput_reading(table: pd.DataFrame) -> str:
     return "\n\n".join(lines)
 
 
-# CPU settings chapter 5 profiles: label -> (runtime, dtype, channels_last)
-PROFILED = {"torch NCHW": ("torch", "fp32", False), "torch channels_last": ("torch", "fp32", True),
-            "onnxruntime": ("onnxruntime", "fp32", False), "openvino": ("openvino", "fp32", False),
-            "openvino bf16": ("openvino", "bf16", False)}
-
-
 @dataclass
 class TimeShares:
     table: pd.DataFrame        # one row per setting and network: ms per batch by kind of layer
@@ -553,31 +537,12 @@ class TimeShares:
 
 def time_shares(ch: Chapter, settings: list[str], batch: int, input_size: int | None = None,
                 threads: int = 1, runs: int = 5) -> TimeShares:
-    """Where each network's CPU time goes (ds.bench.profile.time_shares): ms per batch in depthwise,
-    1x1 and dense k x k convolutions and the rest, per runtime setting, for the base and every merged
-    (distilled) network as chapter 4 saved them, each through its runtime's own profiler
+    """Where each network's CPU time goes (ds.bench.profile.time_share_table): ms per batch in
+    depthwise, 1x1 and dense k x k convolutions and the rest, per runtime setting, for the base and
+    every merged (distilled) network as chapter 4 saved them, each through its runtime's own profiler
     (time_shares.csv). Shares are what to read: profiling adds overhead to the times."""
-    unknown = [s for s in settings if s not in PROFILED]
-    if unknown:
-        raise ValueError(f"profile_settings {unknown}: choose among {', '.join(PROFILED)}")
-    size = input_size or ch.input_size
-    models = merged_networks(ch)
-    rows, not_measured = [], []
-    for label in settings:
-        runtime, dtype, channels_last = PROFILED[label]
-        reason = unsupported(runtime, dtype, torch.device("cpu"))
-        if reason:
-            not_measured.append(f"{label}: {reason}")
-            continue
-        for name, model in models.items():
-            spent = profiled_time_shares(model.cpu(), size, batch, runtime, threads=threads, dtype=dtype,
-                                              channels_last=channels_last, runs=runs, seed=ch.seed)
-            rows.append({"setting": label, "pattern": name, **{f"{k}_ms": 1e3 * v for k, v in spent.items()}})
-    table = pd.DataFrame(rows)
-    if len(table):
-        kinds = table[[f"{kind}_ms" for kind in LAYER_KINDS]].sum(axis=1)   # medians per kind: ~ total_ms
-        for kind in LAYER_KINDS:
-            table[f"{kind}_share"] = table[f"{kind}_ms"] / kinds
+    table, not_measured = time_share_table(merged_networks(ch), input_size or ch.input_size, batch, settings,
+                                           threads=threads, runs=runs, seed=ch.seed)
     path = ch.layout.time_shares_csv
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
@@ -606,6 +571,9 @@ def time_share_reading(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def published_tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The ds.bench CSVs published under `results_dir` ({path: table}), for the paper's table."""
-    return {path: pd.read_csv(path) for path in sorted(glob.glob(os.path.join(str(results_dir), "*.csv")))}
+def published_tables(results_dir: str | Path, kind: str = "throughput") -> dict[str, pd.DataFrame]:
+    """The tables published under `results_dir` ({path: table}): ds.bench throughput CSVs (kind
+    'throughput', for the paper's table) or time-share CSVs (kind 'time_shares', ds.bench --time-shares)."""
+    column = {"throughput": "img_s_median", "time_shares": "depthwise_share"}[kind]
+    tables = {path: pd.read_csv(path) for path in sorted(glob.glob(os.path.join(str(results_dir), "*.csv")))}
+    return {path: table for path, table in tables.items() if column in table.columns}
