@@ -39,6 +39,9 @@ STAGES = {
         "s1-wd1e-4": {"epochs": 4, "weight-decay": 1e-4},
         "s1-ls0": {"epochs": 4, "label-smoothing": 0.0},
     },
+    2: {   # the epoch budget: what the default recipe reaches in 20 epochs (the curve, every epoch)
+        "s2-lr0.2-e20": {"epochs": 20},
+    },
 }
 
 
