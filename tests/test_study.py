@@ -121,16 +121,19 @@ def test_runtime_patterns_counts_changed_blocks_and_adds_up_each_runtimes_saving
     plain = {2: result([1, 0, 0, 1, 1])}                   # removes blocks 1 and 2
     by_runtime = {"ort": {2: result([1, 0, 1, 0, 1])},     # removes 1 and 3: one block differs
                   "ov": {2: result([1, 0, 0, 1, 1])}}      # the same as without latency term
-    table = runtime_patterns(plain, by_runtime, tables)
-    assert table["latency term"].tolist() == ["none", "ort", "ov"]
-    assert table["removed blocks"].tolist() == ["1 2", "1 3", "1 2"]
-    assert table["differs from no latency term"].tolist() == [0, 1, 0]
-    assert table["saves in ort (ms)"].tolist() == pytest.approx([3.0, 5.0, 3.0])
-    assert table["saves in ov (ms)"].tolist() == pytest.approx([3.5, 3.25, 3.5])
+    control = {2: result([1, 1, 0, 0, 1])}                  # another seed: removes 2 and 3
+    table = runtime_patterns(plain, by_runtime, tables, control)
+    assert table["latency term"].tolist() == ["none", "none, another seed", "ort", "ov"]
+    assert table["removed blocks"].tolist() == ["1 2", "2 3", "1 3", "1 2"]
+    assert table["differs from no latency term"].tolist() == [0, 1, 1, 0]
+    assert table["saves in ort (ms)"].tolist() == pytest.approx([3.0, 6.0, 5.0, 3.0])
+    assert table["saves in ov (ms)"].tolist() == pytest.approx([3.5, 0.75, 3.25, 3.5])
     reading = runtime_pattern_reading(table, tables.skipped)
     assert "changed the searched pattern for ort (1 of the 2 removed blocks)" in reading
     assert "The 2 runtimes chose 2 different patterns" in reading
     assert "openvino:bf16 was not measured: the CPU has no bf16" in reading
+    assert "another seed differs from the first in 1 block: changes of that size are within" in reading
+    assert "another seed" not in runtime_pattern_reading(runtime_patterns(plain, by_runtime, tables), {})
 
 
 def test_time_share_reading_gives_the_depthwise_bound_and_the_merged_networks_split():

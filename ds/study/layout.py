@@ -121,9 +121,11 @@ class RunLayout:
     def comparison_csv(self) -> Path:
         return self.chapter_dir("01_observation") / "comparison.csv"
 
-    def search_dir(self, budget: int, runtime: str | None = None) -> Path:
-        """The search at `budget`; with `runtime`, the one whose latency term is that runtime's table."""
-        return self.chapter_dir("02_search") / (f"k{budget}" if runtime is None else f"k{budget}@{runtime}")
+    def search_dir(self, budget: int, runtime: str | None = None, seed: int | None = None) -> Path:
+        """The search at `budget`; with `runtime`, the one whose latency term is that runtime's table;
+        with `seed`, a repeat with another seed."""
+        name = f"k{budget}" + (f"@{runtime}" if runtime else "") + (f"-seed{seed}" if seed is not None else "")
+        return self.chapter_dir("02_search") / name
 
     def latency_csv(self, runtime: str) -> Path:
         return self.chapter_dir("02_search") / f"latency_{runtime}.csv"

@@ -157,17 +157,20 @@ def compare_with_scratch(ch: Chapter, pattern, base_metrics: pd.DataFrame, finet
 # ---------------------------------------------------------------- chapter 2
 
 def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float,
-           latency: dict | None = None, latency_weight: float = 0.0, runtime: str | None = None) -> dict:
+           latency: dict | None = None, latency_weight: float = 0.0, runtime: str | None = None,
+           seed: int | None = None) -> dict:
     """The gate search from the base network at every budget ({budget: SearchResult}); each
     resumes from its checkpoint in <run_dir>/02_search/k<budget>/. With `latency` (a latency table,
     {switch index: seconds saved}) and `latency_weight` > 0, the search weighs the time each block
-    saves in `runtime` (directory k<budget>@<runtime>)."""
+    saves in `runtime` (directory k<budget>@<runtime>). `seed` other than the run's (directory
+    k<budget>-seed<seed>) repeats a search to see how much its pattern varies by chance."""
     if (latency is None) != (runtime is None):
         raise ValueError("give a latency table and the runtime it was measured in together")
+    seed = ch.seed if seed is None else seed
     searches = {}
     for budget in budgets:
-        cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=ch.seed)
-        out = ch.layout.search_dir(budget, runtime)
+        cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=seed)
+        out = ch.layout.search_dir(budget, runtime, None if seed == ch.seed else seed)
         searches[budget] = train(
             None, ch.train_loader, ch.test_loader, cfg, out, piece=ch.piece,
             run=lambda c, out=out, budget=budget: gating.search(base, ch.train_loader, ch.test_loader, budget, c,
@@ -228,14 +231,17 @@ def latency_tables(ch: Chapter, base, runtimes: list[str], batch: int, input_siz
     return LatencyTables(blocks, skipped)
 
 
-def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTables) -> pd.DataFrame:
-    """One row per budget and search (without latency term, then one per runtime): the blocks it
-    removes, how many differ from the search without latency term, and the milliseconds per batch
-    its pattern saves by every runtime's table."""
+def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTables,
+                     control: dict | None = None) -> pd.DataFrame:
+    """One row per budget and search (without latency term; the `control`, the same search with
+    another seed; then one per runtime): the blocks it removes, how many differ from the search
+    without latency term, and the milliseconds per batch its pattern saves by every runtime's table."""
     rows = []
     for budget, result in plain.items():
         reference = set(_removed(result.pattern(budget)))
-        for label, searched in [("none", result), *((r, s[budget]) for r, s in by_runtime.items())]:
+        searches = [("none", result)] + ([(CONTROL, control[budget])] if control else []) \
+            + [(r, s[budget]) for r, s in by_runtime.items()]
+        for label, searched in searches:
             pattern = searched.pattern(budget)
             removed = _removed(pattern)
             row = {"budget": budget, "latency term": label, "removed blocks": " ".join(map(str, removed)),
@@ -246,12 +252,16 @@ def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTa
     return pd.DataFrame(rows)
 
 
+CONTROL = "none, another seed"
+
+
 def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str:
     """What the table of `runtime_patterns` says, in sentences: per budget, which runtimes' latency
     terms changed the searched pattern, and whether the runtimes chose alike."""
     lines = []
     for budget, group in table.groupby("budget"):
-        runs = group[group["latency term"] != "none"]
+        runs = group[~group["latency term"].isin(["none", CONTROL])]
+        chance = group.loc[group["latency term"] == CONTROL, "differs from no latency term"]
         changed = [f"{r['latency term']} ({r['differs from no latency term']} of the "
                    f"{len(r['removed blocks'].split())} removed blocks)"
                    for _, r in runs.iterrows() if r["differs from no latency term"]]
@@ -259,7 +269,10 @@ def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str
         lines.append(f"- **k={budget}.** " + (
             f"The latency term changed the searched pattern for {', '.join(changed)}." if changed else
             "No runtime's latency term changed the searched pattern.")
-            + (f" The {len(runs)} runtimes chose {distinct} different patterns." if len(runs) > 1 else ""))
+            + (f" The {len(runs)} runtimes chose {distinct} different patterns." if len(runs) > 1 else "")
+            + (f" The same search without latency term but another seed differs from the first in "
+               f"{int(chance.iloc[0])} block{'' if int(chance.iloc[0]) == 1 else 's'}: changes of that size "
+               f"are within the search's own noise." if len(chance) else ""))
     for runtime, reason in skipped.items():
         lines.append(f"- {runtime} was not measured: {reason}.")
     return "\n".join(lines)
