@@ -231,8 +231,9 @@ def carry_back(tmp, out, state="state"):
 def dry_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_publish")
     runs = {}
-    # 1: the first table and a short piece of the study; 2: a fresh machine finishes the study
-    runs["first"] = run_script(tmp, "first", "--skip", *OTHER_TABLES, "--piece-seconds", "45")
+    # 1: the first table and a short piece of the study (5 s: every piece does some work, then pauses;
+    #    45 s let the whole tiny study finish on a fast CPU); 2: a fresh machine finishes the study
+    runs["first"] = run_script(tmp, "first", "--skip", *OTHER_TABLES, "--piece-seconds", "5")
     carry_back(tmp, runs["first"][1])
     runs["second"] = run_script(tmp, "second", "--skip", *OTHER_TABLES)
     # a state that cannot be carried: a fake limit far below it
