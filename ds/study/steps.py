@@ -167,13 +167,15 @@ def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_l
     if (latency is None) != (runtime is None):
         raise ValueError("give a latency table and the runtime it was measured in together")
     seed = ch.seed if seed is None else seed
+    train_loader, test_loader = (ch.train_loader, ch.test_loader) if seed == ch.seed else \
+        loaders(ch.data, ch.train_loader.batch_size, ch.device, seed)   # another order and augmentation
     searches = {}
     for budget in budgets:
         cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=seed)
         out = ch.layout.search_dir(budget, runtime, None if seed == ch.seed else seed)
         searches[budget] = train(
-            None, ch.train_loader, ch.test_loader, cfg, out, piece=ch.piece,
-            run=lambda c, out=out, budget=budget: gating.search(base, ch.train_loader, ch.test_loader, budget, c,
+            None, train_loader, test_loader, cfg, out, piece=ch.piece,
+            run=lambda c, out=out, budget=budget: gating.search(base, train_loader, test_loader, budget, c,
                                                                 out_dir=out, resume=True, latency=latency,
                                                                 latency_weight=latency_weight if latency else 0.0,
                                                                 meta=net_info(base)))
@@ -269,13 +271,21 @@ def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str
         lines.append(f"- **k={budget}.** " + (
             f"The latency term changed the searched pattern for {', '.join(changed)}." if changed else
             "No runtime's latency term changed the searched pattern.")
-            + (f" The {len(runs)} runtimes chose {distinct} different patterns." if len(runs) > 1 else "")
-            + (f" The same search without latency term but another seed differs from the first in "
-               f"{int(chance.iloc[0])} block{'' if int(chance.iloc[0]) == 1 else 's'}: changes of that size "
-               f"are within the search's own noise." if len(chance) else ""))
+            + ("" if len(runs) < 2 else " The runtimes chose the same pattern." if distinct == 1 else
+               f" The {len(runs)} runtimes chose {distinct} different patterns.")
+            + ("" if not len(chance) else _chance_sentence(int(chance.iloc[0]))))
     for runtime, reason in skipped.items():
         lines.append(f"- {runtime} was not measured: {reason}.")
     return "\n".join(lines)
+
+
+def _chance_sentence(differs: int) -> str:
+    if differs == 0:
+        return (" Repeated without latency term with another seed (data order and augmentation), the "
+                "search chose the same pattern, so the changes above come from the latency term.")
+    return (f" Repeated without latency term with another seed (data order and augmentation), the search "
+            f"changed {differs} block{'' if differs == 1 else 's'} by chance alone: changes of that size are "
+            f"within the search's own noise.")
 
 
 def _removed(pattern) -> list[int]:
