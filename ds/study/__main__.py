@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ds.errors import DeviceError
@@ -51,6 +52,9 @@ def main(argv=None) -> int:
               f"again to continue", file=sys.stderr)
         return runner.EXIT_PAUSED
     except KeyboardInterrupt:
+        # Ctrl-C also reaches the chapter's kernel; when it dies first, nbclient's pending task fails
+        # with DeadKernelError, and asyncio would print that traceback when the task is collected.
+        logging.getLogger("asyncio").disabled = True
         print("\n[study] interrupted; finished chapters and checkpoints are kept: run the same command again "
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -89,7 +89,11 @@ def run_chapter(chapter: str, parameters: dict, layout: RunLayout, notebooks: Pa
     try:
         papermill.execute_notebook(str(notebook_source(chapter, notebooks)), str(output), parameters=parameters,
                                    kernel_name="python3", cwd=str(REPO_ROOT), log_output=True,
-                                   progress_bar=False)
+                                   progress_bar=False,
+                                   # the kernel's own log (its start-up warning, and the traceback
+                                   # of a Ctrl-C that reaches it) stays off the terminal; the
+                                   # notebook's output is logged above
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except PapermillExecutionError as err:
         if err.ename in ("PieceTimeUp", "ds.study.chapter.PieceTimeUp"):
             raise PiecePaused(f"{chapter}: {err.evalue}") from None
