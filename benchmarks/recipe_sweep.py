@@ -7,7 +7,9 @@ Each configuration is one `python -m ds.train` command (printed, and stored in t
 runs/recipe/<name>/; an interrupted run is continued with --resume, a finished one is skipped. The
 results are benchmarks/results/recipe_sweep.csv: one row per configuration and epoch (the curve:
 train accuracy on augmented batches, test top-1 on all 10,000 test images, seconds), with the
-configuration's arguments, the command, the date and the load average around the run.
+configuration's arguments, the command, the date and the load average around the run. The
+per-epoch `seconds` are wall time: where the machine was shared (the sweep paused while benchmarks
+ran, or CI beside it) they are not training speed; take that from undisturbed epochs.
 
 Stage 1 narrows the recipe on a cheap proxy (4 epochs: each schedule warms up and decays to zero);
 stage 2 trains the stage-1 winner for the epoch budgets the profile can afford.

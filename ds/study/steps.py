@@ -233,6 +233,9 @@ def latency_tables(ch: Chapter, base, runtimes: list[str], batch: int, input_siz
     return LatencyTables(blocks, skipped)
 
 
+CONTROL = "none, another seed"   # the label of the repeated search without latency term
+
+
 def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTables,
                      control: dict | None = None) -> pd.DataFrame:
     """One row per budget and search (without latency term; the `control`, the same search with
@@ -252,9 +255,6 @@ def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTa
                 row[f"saves in {runtime} (ms)"] = 1e3 * bench.predicted_saving(tables.table(runtime), pattern)
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-CONTROL = "none, another seed"
 
 
 def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str:
