@@ -7,7 +7,8 @@ Each configuration is one `python -m ds.train` command (printed, and stored in t
 runs/recipe/<name>/; an interrupted run is continued with --resume, a finished one is skipped. The
 results are benchmarks/results/recipe_sweep.csv: one row per configuration and epoch (the curve:
 train accuracy on augmented batches, test top-1 on all 10,000 test images, seconds), with the
-configuration's arguments, the command, the date and the load average around the run. The
+configuration's arguments (arg_*), the command, the date it finished (empty: unfinished) and the
+load average around the run. The
 per-epoch `seconds` are wall time: where the machine was shared (the sweep paused while benchmarks
 ran, or CI beside it) they are not training speed; take that from undisturbed epochs.
 
@@ -94,8 +95,8 @@ def collect() -> pd.DataFrame:
             curve = pd.read_csv(metrics)
             info = dict(line.split(": ", 1) for line in (RUNS / name / "sweep.txt").read_text().splitlines()) \
                 if (RUNS / name / "sweep.txt").is_file() else {}
-            for key, value in arguments(settings).items():
-                curve[key.replace("-", "_")] = value
+            for key, value in arguments(settings).items():   # arg_lr beside the curve's lr (the epoch's last)
+                curve[f"arg_{key.replace('-', '_')}"] = value
             curve.insert(0, "config", name)
             curve.insert(1, "stage", stage)
             curve["finished_utc"] = info.get("finished_utc", "")
