@@ -42,7 +42,6 @@ from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 from .compare import expand_settings, measure_settings
 from .latency import block_latencies, table_from
 from .profile import time_share_table
-from .runtimes import MODES as RUNTIME_MODES
 from .report import format_table, provenance, write_sidecar
 from .settings import BenchError, all_cores
 from .variants import BASE, build_variants, load_patterns
@@ -237,9 +236,9 @@ def variants(args, model):
 
 def write_time_shares(args, models, settings, command: str, git_state: dict, notes: list[str]) -> list[Path]:
     """Where each network's time goes in every CPU setting asked for (ds.bench.profile), and a sidecar."""
-    names = list(dict.fromkeys(s.short for s in settings if s.mode in ("eager",) + tuple(RUNTIME_MODES.values())))
-    skipped = [f"{s.label}: only eager torch is profiled" for s in settings
-               if s.runtime == "torch" and s.mode != "eager"]
+    profiled = [s for s in settings if s.runtime != "torch" or s.mode == "eager"]
+    names = list(dict.fromkeys(s.short for s in profiled))
+    skipped = [f"{s.label}: only eager torch is profiled" for s in settings if s not in profiled]
     load_before = os.getloadavg()
     print(f"profiling {len(models)} networks in {', '.join(names)} ...", file=sys.stderr)
     table, not_measured = time_share_table(models, args.input, settings[0].batch, names,
