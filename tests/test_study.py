@@ -153,3 +153,45 @@ def test_time_share_reading_gives_the_depthwise_bound_and_the_merged_networks_sp
     assert "25% of its profiled time in depthwise" in reading
     assert "would run 1.33x faster" in reading
     assert "**DS-F** spends 60% in dense k x k" in reading and "takes 0.60 of the base's time" in reading
+
+
+def test_test_set_standard_error_and_the_difference_of_two_arms():
+    from ds.study.uncertainty import difference, test_se
+    assert test_se(50.0, 10_000) == pytest.approx(0.5)
+    assert test_se(100.0, 10_000) == 0.0
+    a, b = pd.Series([80.0, 81.0, 82.0]), pd.Series([70.0, 71.0, 72.0])
+    d = difference(a, b, 10_000, "after", "scratch")
+    assert d.value == pytest.approx(10.0)
+    assert d.seed_se == pytest.approx((1 / 3 + 1 / 3) ** 0.5)             # sd 1 per arm, 3 seeds each
+    assert d.verdict == "after better"
+    assert difference(a, a + 0.1, 10_000).verdict == "not separated"
+    one = difference(pd.Series([80.0]), pd.Series([79.0]), 100)           # one seed: only the test set's part
+    assert one.se == pytest.approx(one.test_se) and one.verdict == "not separated"
+
+
+def test_observation_reading_states_whether_the_observation_holds():
+    from ds.study.steps import observation_reading
+    rows = [{"pattern": "DS-E", "arm": arm, "setting": "10k-32px", "seed": s, "epochs": 18, "top1": top1 + s * 0.3,
+             "test_images": 10_000} for s in range(3) for arm, top1 in (("after_training", 70.0), ("from_scratch", 60.0))]
+    assert "**The observation holds here**" in observation_reading(pd.DataFrame(rows))
+    flipped = pd.DataFrame(rows).replace({"arm": {"after_training": "from_scratch", "from_scratch": "after_training"}})
+    assert "does not hold here" in observation_reading(flipped)
+
+
+def test_budgets_by_paper_pattern_and_the_source_of_a_pattern():
+    from ds.study.steps import pattern_source, resolve_budgets
+    from ds.train import build_model
+    base = build_model("mobilenetv2_035", 10, 32)
+    assert resolve_budgets(base, ["DS-A", "DS-E", 4]) == [11, 6, 4]       # DS-A removes 6 of 17, DS-E 11
+    with pytest.raises(ValueError, match="search budget 40"):
+        resolve_budgets(base, [40])
+    assert [pattern_source(n) for n in ("base", "searched-k6@openvino", "sensitivity-k6", "random-k6-2", "DS-E",
+                                        "0101")] == ["base", "searched", "sensitivity", "random", "paper", "given"]
+
+
+def test_the_standing_network_of_a_pattern_prefers_its_distilled_finetune():
+    from ds.study.steps import standing
+    merge = pd.DataFrame({"pattern": ["base", "a", "a", "a", "b"],
+                          "finetune": ["base", "candidate", "distill", "plain", "candidate"]})
+    assert standing(merge)[["pattern", "finetune"]].values.tolist() == [["base", "base"], ["a", "distill"],
+                                                                        ["b", "candidate"]]

@@ -6,6 +6,7 @@ import shutil
 import nbformat
 import pandas as pd
 import pytest
+import torch
 
 from ds.study.book import NotPublishable
 from ds.study.layout import BOOK, CHAPTERS, REPO_ROOT, RunLayout
@@ -40,8 +41,16 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
     base = shares[shares["pattern"] == "base"]
     assert (base["dense_kxk_share"] < base["depthwise_share"] + base["pointwise_share"]).all()
     layout = RunLayout(tiny_study)
-    assert layout.merged_network("base", False).is_file()           # chapter 4 saved what chapter 5 timed
-    assert all(layout.merged_network(row.pattern, row.distill).is_file() for row in merge.itertuples())
+    assert layout.merged_network("base", "base").is_file()          # chapter 4 saved what chapter 5 timed
+    assert all(layout.merged_network(row.pattern, row.finetune).is_file() for row in merge.itertuples())
+    candidates = pd.read_csv(layout.candidates_csv)                  # chapter 2 finetuned every candidate at k=8
+    assert {"searched", "sensitivity", "random", "paper"} <= set(candidates["source"])
+    assert (candidates["removed_blocks"] == 17 - 8).all()
+    assert set(candidates["pattern"]) | {"base"} <= set(merge["pattern"])   # and chapter 4 merged them all
+    observation = pd.read_csv(layout.observation_csv)
+    assert sorted(observation["arm"]) == ["after_training", "from_scratch", "with_activations"]
+    study = pd.read_csv(layout.study_csv)
+    assert len(study) == len(merge) and study["img_s"].notna().all() and study["img_s_24px"].notna().all()
     provenance = json.loads((tiny_study / "provenance.json").read_text())
     assert set(provenance) == set(CHAPTERS) and {p["profile"] for p in provenance.values()} == {"tiny"}
 
@@ -130,8 +139,20 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
     shutil.copytree(tiny_study, tmp_path / "runs" / "pub", ignore=shutil.ignore_patterns("book", "study.lock"))
     book = tmp_path / "book"
     shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build"))
-    html = publish("pub", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book)
+    html = publish("pub", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book,
+                   results_dir=tmp_path / "results", checkpoints_dir=tmp_path / "checkpoints")
     assert html == book / "_build" / "html" / "index.html" and html.is_file()
+    study = pd.read_csv(tmp_path / "results" / "study_pub.csv")     # the run's tables, with their provenance
+    assert {"pattern", "source", "removed_blocks", "distilled", "seed", "top1", "top1_merged", "macs", "img_s",
+            "speedup"} <= set(study.columns) and "base" in set(study["source"])
+    observation = pd.read_csv(tmp_path / "results" / "observation_pub.csv")
+    assert {"after_training", "from_scratch"} <= set(observation["arm"])
+    record = json.loads((tmp_path / "results" / "study_pub.csv.provenance.json").read_text())
+    assert record["chapters"]["05_throughput"]["profile"] == "tiny"
+    base = torch.load(tmp_path / "checkpoints" / "pub" / "base.pt", weights_only=False)
+    assert set(base) == {"model", "meta", "epoch"}                   # weights, not the optimizer's state
+    merged = list((tmp_path / "checkpoints" / "pub").glob("searched-*-merged.pt"))
+    assert len(merged) == 1 and (merged[0].parent / (merged[0].name + ".provenance.json")).is_file()
     assert (book / "_build" / "html" / "chapters" / "04_merge.html").is_file()
     results = (book / "results.md").read_text()
     assert "profile **tiny**" in results and "commit" in results and "chapters run" in results

@@ -21,7 +21,10 @@ from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, REPO_ROOT, REPRODUCE_PAGE, RESULTS_PAGE,
                      RunLayout, notebook_source, relative_to_repo)
 from .profiles import chapter_parameters, load_profile, read_profiles
-from .steps import best_setting_per_pattern
+from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
+
+from .steps import (candidate_reading, candidate_table, distill_reading, observation_reading,
+                    throughput_reading)
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
@@ -142,59 +145,79 @@ def _provenance(layout: RunLayout) -> str:
             f"chapters run {dates[0]} to {dates[-1]}")
 
 
-def results_table(layout: RunLayout) -> pd.DataFrame:
-    """One row per finetuned network: accuracy with and without distillation, merged accuracy,
-    MACs, parameters and speed-up (from the run's CSVs)."""
-    finetune = pd.read_csv(layout.finetune_results)
-    table = finetune.pivot_table(index=["pattern", "removed_blocks"], columns="distill", values="acc").reset_index()
-    table = table.rename(columns={False: "top-1 finetuned (%)", True: "top-1 distilled (%)"})
-    table.columns.name = None
+# What the paper claims, beside each answer (its ImageNet results for MobileNetV2-1.4; ds.paper).
+PAPER_CLAIMS = {
+    "observation": "activations removed after training, then finetuned, beat the same linear network "
+                   "trained from scratch",
+    "search": "the searched patterns beat hand-picked ones at the same number of removed blocks",
+    "distill": "self-distillation from the original network improves the finetuned accuracy",
+    "merge": "merged networks compute the same function (the public code never merged real weights)",
+    "throughput": f"DS-A to DS-F run {min(PAPER_V100_REPORTED_SPEEDUP[p] for p in PAPER_TOP1):.2f}x to "
+                  f"{max(PAPER_V100_REPORTED_SPEEDUP[p] for p in PAPER_TOP1):.2f}x faster than the base on a V100 "
+                  f"(PyTorch, fp32, batch 128)",
+}
+
+
+def _answers(layout: RunLayout) -> list[str]:
+    """The run's answer to each of the paper's questions, with its number and uncertainty, the
+    paper's claim beside it; a question the run did not reach says so."""
+    lines = []
+
+    def answer(title: str, claim: str, body: str | None) -> None:
+        lines.extend([f"### {title}", "", f"*Paper:* {PAPER_CLAIMS[claim]}.", "",
+                      body or "This run has no answer: the chapter did not produce its table.", ""])
+
+    observation = pd.read_csv(layout.observation_csv) if layout.observation_csv.is_file() else None
+    answer("1. Are activations needed after training? (chapter 1)", "observation",
+           observation_reading(observation) if observation is not None and
+           {"after_training", "from_scratch"} <= set(observation["arm"]) else None)
+    search = None
+    if layout.candidates_csv.is_file() and layout.candidate_speed_csv.is_file():
+        base_top1 = pd.read_csv(layout.base_metrics)["test_acc"].iloc[-1]
+        search = candidate_reading(candidate_table(pd.read_csv(layout.candidates_csv, dtype={"pattern_bits": str}),
+                                                   pd.read_csv(layout.candidate_speed_csv), base_top1))
+    answer("2. Does the search find better patterns? (chapter 2)", "search", search)
+    distill = distill_reading(pd.read_csv(layout.finetune_results)) if layout.finetune_results.is_file() else None
+    answer("3. Does self-distillation help? (chapter 3)", "distill", distill)
+    merge = None
     if layout.merge_csv.is_file():
-        merge = pd.read_csv(layout.merge_csv)
-        merge = merge[merge["distill"]] if merge["distill"].any() else merge
-        merged = merge[["pattern", "acc_merged", "macs_merged", "params_merged", "max_abs"]].assign(
-            macs_merged=merge["macs_merged"] / 1e6, params_merged=merge["params_merged"] / 1e6)
-        table = table.merge(merged, on="pattern", how="left")
+        table = pd.read_csv(layout.merge_csv)
+        same = int((table["acc_merged"] == table["acc_unmerged"]).sum())
+        merge = (f"{len(table)} networks merged (the base and every finetuned network); merged top-1 equals "
+                 f"unmerged top-1 on the whole test set for **{same} of {len(table)}**; largest relative output "
+                 f"error {table['max_rel'].max():.1e}, largest absolute {table['max_abs'].max():.1e} (float32).")
+    answer("4. Is the merge exact? (chapter 4)", "merge", merge)
+    speed = None
     if layout.throughput_csv.is_file():
-        best = best_setting_per_pattern(pd.read_csv(layout.throughput_csv))
-        for device, group in best.groupby("device"):
-            speed = group[["pattern", "speedup_over_best_base", "setting"]].rename(columns={
-                "speedup_over_best_base": f"speed-up over the fastest base, {device}",
-                "setting": f"fastest runtime, {device}"})
-            table = table.merge(speed, on="pattern", how="left")
-    return table.rename(columns={"removed_blocks": "removed blocks", "acc_merged": "top-1 merged (%)",
-                                 "macs_merged": "MMACs merged", "params_merged": "M params merged",
-                                 "max_abs": "max abs merge error"})
+        speed = throughput_reading(pd.read_csv(layout.throughput_csv))
+    answer("5. How much faster are the merged networks? (chapter 5)", "throughput", speed)
+    return lines
 
 
 def results_page(layout: RunLayout) -> str:
-    """The results summary page, every number read from the run directory."""
+    """The results summary page, every number read from the run directory: the answers first,
+    then the base network and one row per network of the run."""
     lines = ["# Results summary", "",
              f"Generated by `python -m ds.study` from the run directory `{run_label(layout)}` "
              f"({_provenance(layout)}). Nothing on this page is typed by hand.", ""]
     if layout.base_metrics.is_file():
         base = pd.read_csv(layout.base_metrics)
-        lines += [f"Base network: test top-1 {base['test_acc'].iloc[-1]:.2f}% after {len(base)} epoch(s).", ""]
-    if layout.merge_csv.is_file():
-        row = pd.read_csv(layout.merge_csv).iloc[0]
-        lines += [f"Its BN-folded form: {row['macs_merged'] / 1e6:.2f} MMACs, {row['params_merged'] / 1e6:.3f} M "
-                  f"parameters.", ""]
-    if layout.comparison_csv.is_file():
-        lines += ["The observation (chapter 1): one shrunk network, obtained from the trained base versus trained "
-                  "from scratch.", "", _markdown_table(pd.read_csv(layout.comparison_csv)), ""]
-    try:
-        table = results_table(layout)
-    except FileNotFoundError:
-        lines += ["The run has no finetuned networks yet (chapter 3 has not finished)."]
-        return "\n".join(lines) + "\n"
-    lines += ["Per pattern: blocks whose activations were removed, test top-1 after finetuning without and "
-              "with self-distillation, top-1 of the merged (distilled) network, its MACs and parameters, "
-              "the largest absolute difference between merged and unmerged outputs, and on each device its "
-              "measured throughput in the runtime where it runs fastest, as a speed-up over the fastest way "
-              "to run the (BN-folded) base network there.", "",
-              _markdown_table(table), "",
-              "See the chapters for how each column was measured, and *Known deviations* for what differs "
-              "from the paper's setting."]
+        train = f", training accuracy {base['train_acc'].iloc[-1]:.2f}% on augmented batches" \
+            if "train_acc" in base else ""
+        lines += [f"Base network: test top-1 **{base['test_acc'].iloc[-1]:.2f}%** after {len(base)} epoch(s){train}.",
+                  ""]
+    lines += ["## The answers", ""] + _answers(layout)
+    if layout.study_csv.is_file():
+        study = pd.read_csv(layout.study_csv)
+        shown = study.drop(columns=[c for c in ("seed",) if c in study]).assign(macs=study["macs"] / 1e6)
+        lines += ["## Every network of the run", "",
+                  "One row per network (`study.csv`, published as `data/results/study_<profile>.csv`): where its "
+                  "pattern comes from, how it was finetuned (`candidate`: chapter 2's comparison; `plain` and "
+                  "`distill`: chapter 3), test top-1 before and after merging, MMACs merged, and the throughput "
+                  "in the setting where it runs fastest, as a speed-up over the fastest way to run the base.", "",
+                  _markdown_table(shown.rename(columns={"macs": "MMACs"})), ""]
+    lines += ["See the chapters for how each number was measured, and *Known deviations* for what differs from "
+              "the paper's setting."]
     return "\n".join(lines) + "\n"
 
 

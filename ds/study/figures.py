@@ -26,6 +26,30 @@ def removal_bars(table: pd.DataFrame, base_acc: float):
     return fig
 
 
+def observation_points(table: pd.DataFrame):
+    """Chapter 1's comparison: top-1 of every seed per arm (dots) and each arm's mean (bar), one
+    panel per setting."""
+    settings = list(table["setting"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.4), squeeze=False)
+    labels = {"with_activations": "trained with\nactivations", "after_training": "removed after\ntraining + finetune",
+              "from_scratch": "linear from\nscratch"}
+    colors = {"with_activations": "#888888", "after_training": KEEP, "from_scratch": "#c44e52"}
+    for ax, setting in zip(axes[0], settings):
+        rows = table[table["setting"] == setting]
+        arms = [a for a in labels if a in set(rows["arm"])]
+        for x, arm in enumerate(arms):
+            top1 = rows.loc[rows["arm"] == arm, "top1"]
+            ax.bar(x, top1.mean(), width=0.6, color=colors[arm], alpha=0.35)
+            ax.scatter([x] * len(top1), top1, color=colors[arm], zorder=3, s=18)
+        ax.set_xticks(range(len(arms)), [labels[a] for a in arms], fontsize=8)
+        low = rows["top1"].min()
+        ax.set_ylim(max(0.0, low - 5), min(100.0, rows["top1"].max() + 2))
+        ax.set_title(f"{setting} (dots: seeds, bars: means)", fontsize=9)
+    axes[0][0].set_ylabel("test top-1 (%)")
+    fig.tight_layout()
+    return fig
+
+
 def score_trajectories(trajectories: dict[str, pd.DataFrame]):
     """Gate scores of every searched block during the search, one panel per budget."""
     fig, axes = plt.subplots(1, len(trajectories), figsize=(4.5 * len(trajectories), 3.2), squeeze=False,
@@ -76,6 +100,44 @@ def latency_bars(saved_ms: pd.DataFrame, title: str):
     ax.set_ylabel("time saved (ms per batch)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+SOURCE_COLORS = {"searched": KEEP, "paper": "#c44e52", "sensitivity": "#55a868", "random": "#999999",
+                 "given": "#8172b2", "base": "k"}
+
+
+def accuracy_vs_speed(table: pd.DataFrame, base_top1: float, base_ms: float, setting: str):
+    """Chapter 2's comparison: finetuned top-1 against measured time per batch, one colour per
+    source of the pattern, one marker per number of removed blocks; the base as a star."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    markers = dict(zip(sorted(table["removed_blocks"].unique()), "osD^v<>"))
+    for (source, removed), group in table.groupby(["source", "removed_blocks"]):
+        ax.scatter(group["ms_per_batch"], group["top1"], color=SOURCE_COLORS.get(source, "#8172b2"),
+                   marker=markers[removed], s=36, zorder=3, label=f"{source}, {removed} removed")
+        for _, row in group.iterrows():
+            if source != "random":
+                ax.annotate(row["pattern"], (row["ms_per_batch"], row["top1"]), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")
+    ax.scatter([base_ms], [base_top1], marker="*", s=140, color="k", zorder=4, label="base")
+    ax.set_xlabel(f"measured time per batch, merged network ({setting}, ms; lower is faster)")
+    ax.set_ylabel("test top-1 after finetuning (%)")
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def finetune_curves(curves: dict[str, pd.DataFrame], base_acc: float):
+    """Test top-1 per finetuning epoch, one line per (pattern, plain or distilled)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, metrics in curves.items():
+        ax.plot(metrics["epoch"], metrics["test_acc"], marker="o", ms=3,
+                ls="-" if label.endswith("distilled") else "--", label=label)
+    ax.axhline(base_acc, color="k", lw=1, ls=":", label=f"base network ({base_acc:.1f}%)")
+    ax.set_xlabel("finetuning epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -109,17 +109,14 @@ class RunLayout:
     def removal_log(self) -> Path:
         return self.chapter_dir("01_observation") / "removal_train.log"
 
-    @property
-    def removed_finetuned_dir(self) -> Path:
-        return self.chapter_dir("01_observation") / "removed_finetuned"
+    def observation_dir(self, setting: str, seed: int) -> Path:
+        """The comparison's networks of one setting and seed: with_activations/, after_training/,
+        from_scratch/."""
+        return self.chapter_dir("01_observation") / "observation" / f"{setting}-seed{seed}"
 
     @property
-    def scratch_dir(self) -> Path:
-        return self.chapter_dir("01_observation") / "scratch"
-
-    @property
-    def comparison_csv(self) -> Path:
-        return self.chapter_dir("01_observation") / "comparison.csv"
+    def observation_csv(self) -> Path:
+        return self.chapter_dir("01_observation") / "observation.csv"
 
     def search_dir(self, budget: int, runtime: str | None = None, seed: int | None = None) -> Path:
         """The search at `budget`; with `runtime`, the one whose latency term is that runtime's table;
@@ -130,6 +127,18 @@ class RunLayout:
     def latency_csv(self, runtime: str) -> Path:
         return self.chapter_dir("02_search") / f"latency_{runtime}.csv"
 
+    def candidate_dir(self, pattern: str) -> Path:
+        """A candidate pattern finetuned for chapter 2's comparison."""
+        return self.chapter_dir("02_search") / "finetune" / pattern
+
+    @property
+    def candidates_csv(self) -> Path:
+        return self.chapter_dir("02_search") / "candidates.csv"
+
+    @property
+    def candidate_speed_csv(self) -> Path:
+        return self.chapter_dir("02_search") / "candidate_speed.csv"
+
     @property
     def patterns_json(self) -> Path:
         return self.chapter_dir("02_search") / "patterns.json"
@@ -137,8 +146,12 @@ class RunLayout:
     def finetune_dir(self, pattern: str, distill: bool) -> Path:
         return self.chapter_dir("03_finetune") / pattern / ("distill" if distill else "plain")
 
-    def finetune_checkpoint(self, pattern: str, distill: bool) -> Path:
-        return self.finetune_dir(pattern, distill) / CHECKPOINT
+    def finetuned_checkpoint(self, pattern: str, finetune: str) -> Path:
+        """The checkpoint of a finetuned network: `finetune` 'candidate' (chapter 2's comparison),
+        'plain' or 'distill' (chapter 3)."""
+        if finetune == "candidate":
+            return self.candidate_dir(pattern) / CHECKPOINT
+        return self.finetune_dir(pattern, {"plain": False, "distill": True}[finetune]) / CHECKPOINT
 
     @property
     def finetune_results(self) -> Path:
@@ -148,14 +161,20 @@ class RunLayout:
     def merge_csv(self) -> Path:
         return self.chapter_dir("04_merge") / "merge.csv"
 
-    def merged_network(self, pattern: str, distill: bool) -> Path:
-        """A merged network saved whole (torch.save of the module, with its ds.meta record)."""
-        kind = "base" if pattern == "base" else f"{pattern}-{'distill' if distill else 'plain'}"
+    def merged_network(self, pattern: str, finetune: str) -> Path:
+        """A merged network saved whole (torch.save of the module, with its ds.meta record);
+        `finetune` as in `finetuned_checkpoint` (ignored for the base)."""
+        kind = "base" if pattern == "base" else f"{pattern}-{finetune}"
         return self.chapter_dir("04_merge") / "networks" / f"{kind}.pt"
 
     @property
     def throughput_csv(self) -> Path:
         return self.chapter_dir("05_throughput") / "throughput.csv"
+
+    @property
+    def study_csv(self) -> Path:
+        """One row per network of the run (chapter 5 writes it last): what publishing copies."""
+        return self.chapter_dir("05_throughput") / "study.csv"
 
     @property
     def time_shares_csv(self) -> Path:

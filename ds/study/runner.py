@@ -27,6 +27,7 @@ from .freshness import (chapter_state, chapter_states, done_record, matches, not
 from .layout import CHAPTERS, NOTEBOOKS, REPO_ROOT, RunLayout, notebook_source, relative_to_repo
 from .lock import hold
 from .profiles import ProfileError, chapter_parameters, load_profile
+from .results import CHECKPOINTS_DIR, RESULTS_DIR, publish_results
 
 RUNS = REPO_ROOT / "runs"
 EXIT_PAUSED = 3
@@ -211,10 +212,11 @@ def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path 
 
 
 def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, book_dir: Path | None = None,
-            notebooks: Path = NOTEBOOKS) -> Path:
-    """Publish a complete, current run into the tracked book (default book/) and build it; the path
-    of its index.html. Refuses, before touching anything, a profile marked `publish: false` and a
-    run with a missing or stale chapter."""
+            notebooks: Path = NOTEBOOKS, results_dir: Path = RESULTS_DIR, checkpoints_dir: Path = CHECKPOINTS_DIR) -> Path:
+    """Publish a complete, current run into the tracked book (default book/) and build it, then copy
+    its tables to `results_dir` and its small checkpoints to `checkpoints_dir` (`ds.study.results`);
+    the path of the book's index.html. Refuses, before touching anything, a profile marked
+    `publish: false` and a run with a missing or stale chapter."""
     profile = load_profile(profile_name, profiles_file)
     if not profile.get("publish", True):
         raise study_book.NotPublishable(f"profile {profile_name!r} is marked publish: false (its results are not "
@@ -230,4 +232,7 @@ def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUN
                 f"run {layout.root} is not complete with the current parameters of profile {profile_name!r}: "
                 f"{'; '.join(stale)}. Run python -m ds.study run --profile {profile_name} until it finishes, "
                 f"then publish; book/ is unchanged")
-        return study_book.publish(layout, book_dir or study_book.BOOK)
+        html = study_book.publish(layout, book_dir or study_book.BOOK)
+        for path in publish_results(layout, profile_name, results_dir, checkpoints_dir):
+            print(f"published {relative_to_repo(path)}")
+        return html

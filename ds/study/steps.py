@@ -19,16 +19,18 @@ import torch
 import ds
 from ds import bench, gating
 from ds.bench.latency import table_from
-from ds.bench.compare import setting_labels
-from ds.bench.profile import time_share_table
+from ds.bench.compare import setting_labels, short_name
+from ds.bench.profile import SETTINGS, time_share_table
 from ds.bench.runtimes import unsupported
 from ds.bench.settings import all_cores
+from ds.bench.variants import build_variants
 from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
 from ds.provenance import resolve_device
 from ds.train import TrainConfig, build_model, evaluate, fit, save_checkpoint
 
 from .chapter import Chapter, epoch_log, load_model, loaders, train
+from .uncertainty import difference, test_se
 
 
 def _append(path: Path, rows: list[dict], row: dict) -> None:
@@ -112,46 +114,117 @@ def block_removal(ch: Chapter, train_images: int, test_images: int, lr: float,
     return pd.DataFrame(rows), base_acc
 
 
+ARMS = ("with_activations", "after_training", "from_scratch")
+
+
 @dataclass
-class Comparison:
-    """Chapter 1's comparison: the table, the pattern, and how many of the blocks it makes linear."""
+class Observation:
+    """Chapter 1's comparison: one row per arm and seed (observation.csv), the pattern, and how
+    many of the blocks it makes linear."""
     table: pd.DataFrame
     pattern: list[int]
     linear_blocks: int
     removable_blocks: int
 
+    def summary(self) -> pd.DataFrame:
+        """Per setting and arm: seeds, mean, standard deviation, min and max of top-1."""
+        grouped = self.table.groupby(["setting", "arm"], sort=False)["top1"]
+        return grouped.agg(seeds="count", mean="mean", sd="std", min="min", max="max").reset_index()
 
-def compare_with_scratch(ch: Chapter, pattern, base_metrics: pd.DataFrame, finetune_epochs: int,
-                         finetune_lr: float, base_epochs: int, base_lr: float) -> Comparison:
-    """The paper's core comparison (comparison.csv): the same shrunk network obtained from the
-    trained base (before and after finetuning) and trained from scratch for as many epochs.
+    def reading(self) -> str:
+        return observation_reading(self.table)
+
+
+def observation_reading(table: pd.DataFrame) -> str:
+    """What chapter 1's comparison (observation.csv) says, per setting, with its uncertainty."""
+    lines = []
+    for setting, rows in table.groupby("setting", sort=False):
+        arm = rows.groupby("arm")["top1"]
+        d = difference(arm.get_group("after_training"), arm.get_group("from_scratch"), int(rows["test_images"].iloc[0]),
+                       "after_training", "from_scratch")
+        epochs = rows.loc[rows["arm"] == "from_scratch", "epochs"].iloc[0]
+        spread = (f"the seed spread gives {d.seed_se:.2f}" if d.seeds_a > 1 and d.seeds_b > 1
+                  else "with one seed per arm the seed spread is unknown")
+        verdict = {"after_training better": "**The observation holds here**: removing the activations after "
+                                            "training beats training the linear network from scratch.",
+                   "from_scratch better": "**The observation does not hold here**: the linear network "
+                                          "trained from scratch is better.",
+                   "not separated": "**The two arms are not separated**: the difference is within two "
+                                    "standard errors, so this run neither confirms nor refutes the "
+                                    "observation."}[d.verdict]
+        lines.append(
+            f"- **{setting}** ({epochs} epochs in all per arm; "
+            f"{d.seeds_a if d.seeds_a == d.seeds_b else f'{d.seeds_a} and {d.seeds_b}'} seed(s) per arm): after "
+            f"training {d.mean_a:.2f}%, from scratch {d.mean_b:.2f}%, difference **{d.value:+.2f} points** "
+            f"+- {d.se:.2f} (one standard error; {spread}, the test set's {int(rows['test_images'].iloc[0])} images "
+            f"{d.test_se:.2f}). {verdict}")
+    return "\n".join(lines)
+
+
+def _setting(images: int, input_size: int) -> str:
+    """How observation.csv names a setting: training images and input size, e.g. 10k-32px."""
+    return f"{images // 1000}k-{input_size}px" if images % 1000 == 0 else f"{images}-{input_size}px"
+
+
+def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int], base_epochs: int,
+                finetune_epochs: int, base_lr: float, finetune_lr: float) -> Observation:
+    """The paper's core comparison, per seed (observation.csv, row by row): a network trained with
+    its activations for `base_epochs` on `train_images` training images (None: the chapter's own),
+    then stripped of the activations `pattern` removes and finetuned for `finetune_epochs`
+    (after_training), against the stripped network trained from scratch for as many epochs in all
+    (from_scratch). Each seed draws its own initialization, data order and augmentation; the
+    training images are the same for every seed. Every top-1 is on the chapter's whole test set.
+    Where the setting is the run's own (same images, seed and epochs), the run's base is reused.
 
     `pattern` is a name of ds.PATTERNS or a 0/1 list, one entry per switch."""
     model = build_model(ch.backbone, ch.num_classes, ch.input_size)
     bits = resolve_pattern(model, pattern, len(ds.switches(model)))
-    after = build_model(ch.backbone, ch.num_classes, ch.input_size, bits, init=ch.layout.base_checkpoint)
-    acc_removed = evaluate(after.to(ch.device), ch.test_loader)["acc"]
-    after_metrics = train(after, ch.train_loader, ch.test_loader,
-                          TrainConfig(epochs=finetune_epochs, lr=finetune_lr, warmup_epochs=0, seed=ch.seed),
-                          ch.layout.removed_finetuned_dir, meta=net_info(after), piece=ch.piece).metrics
-    scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)
-    scratch_metrics = train(scratch, ch.train_loader, ch.test_loader,
-                            TrainConfig(epochs=base_epochs + finetune_epochs, lr=base_lr, seed=ch.seed),
-                            ch.layout.scratch_dir, meta=net_info(scratch), piece=ch.piece).metrics
     name = pattern if isinstance(pattern, str) else "".join(map(str, bits))
-    trained = len(base_metrics)
-    table = pd.DataFrame([
-        {"network": "base (all activations)", "how": "trained", "epochs": trained,
-         "top-1 (%)": base_metrics["test_acc"].iloc[-1]},
-        {"network": name, "how": "activations removed after training, no finetune", "epochs": trained,
-         "top-1 (%)": acc_removed},
-        {"network": name, "how": "activations removed after training, finetuned",
-         "epochs": trained + finetune_epochs, "top-1 (%)": after_metrics["test_acc"].iloc[-1]},
-        {"network": name, "how": "trained from scratch without those activations",
-         "epochs": base_epochs + finetune_epochs, "top-1 (%)": scratch_metrics["test_acc"].iloc[-1]},
-    ])
-    table.to_csv(ch.layout.comparison_csv, index=False)
-    return Comparison(table, bits, removed_blocks(model, bits), len(gating.searchable_switches(model)))
+    data = ch.data if train_images is None else ch.data.limit(train_images, None, seed=ch.seed)
+    setting = _setting(len(data.train_labels), ch.input_size)
+    path = ch.layout.observation_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = _rows(path)
+    done = {(r["arm"], r["seed"]) for r in rows}
+    run_base = pd.read_csv(ch.layout.base_metrics) if ch.layout.base_metrics.is_file() else None
+    epochs = {"with_activations": base_epochs, "after_training": base_epochs + finetune_epochs,
+              "from_scratch": base_epochs + finetune_epochs}
+
+    def record(arm: str, seed: int, net) -> None:
+        _append(path, rows, {"pattern": "base" if arm == "with_activations" else name, "arm": arm,
+                             "setting": setting, "seed": seed, "epochs": epochs[arm],
+                             "top1": evaluate(net.to(ch.device), ch.test_loader)["acc"],
+                             "test_images": len(ch.data.test_labels)})
+        ch.piece.record_progress()
+
+    for seed in seeds:
+        if all((arm, seed) in done for arm in ARMS):
+            continue
+        train_loader, _ = loaders(data, ch.train_loader.batch_size, ch.device, seed)
+        out = ch.layout.observation_dir(setting, seed)
+        reuse = (train_images is None and seed == ch.seed and run_base is not None and len(run_base) == base_epochs
+                 and "source" not in run_base)
+        base_ckpt = ch.layout.base_checkpoint if reuse else out / "with_activations" / "checkpoint.pt"
+        if not reuse:
+            torch.manual_seed(seed)
+            with_acts = build_model(ch.backbone, ch.num_classes, ch.input_size)
+            train(with_acts, train_loader, None, TrainConfig(epochs=base_epochs, lr=base_lr, seed=seed),
+                  out / "with_activations", meta=net_info(with_acts), piece=ch.piece)
+        if ("with_activations", seed) not in done:
+            record("with_activations", seed, load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt))
+        if ("after_training", seed) not in done:
+            after = build_model(ch.backbone, ch.num_classes, ch.input_size, bits, init=base_ckpt)
+            train(after, train_loader, None, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, warmup_epochs=0,
+                                                         seed=seed), out / "after_training",
+                  meta=net_info(after), piece=ch.piece)
+            record("after_training", seed, after.eval())
+        if ("from_scratch", seed) not in done:
+            torch.manual_seed(seed)
+            scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)
+            train(scratch, train_loader, None, TrainConfig(epochs=epochs["from_scratch"], lr=base_lr, seed=seed),
+                  out / "from_scratch", meta=net_info(scratch), piece=ch.piece)
+            record("from_scratch", seed, scratch.eval())
+    return Observation(pd.DataFrame(rows), bits, removed_blocks(model, bits), len(gating.searchable_switches(model)))
 
 
 # ---------------------------------------------------------------- chapter 2
@@ -299,24 +372,168 @@ def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
     return gating.sensitivity_ranking(base, test_loader)
 
 
-def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int,
-                       backbone: str, runtime_searches: dict[str, dict] | None = None) -> dict[str, list[int]]:
-    """Searched, sensitivity and random patterns at every searched budget, the searches with a
-    runtime's latency term (searched-k<budget>@<runtime>), then the paper's (when it has patterns
-    for this backbone)."""
+def resolve_budgets(base, budgets: list) -> list[int]:
+    """Search budgets (blocks that keep their activations), each a number or the name of one of the
+    paper's patterns: as many removed blocks as it removes (mobilenetv2's DS-A removes 6 of 17: k=11)."""
+    removable = len(gating.searchable_switches(base))
+    resolved = []
+    for budget in budgets:
+        if isinstance(budget, str):
+            budget = removable - removed_blocks(base, resolve_pattern(base, budget, len(ds.switches(base))))
+        if not isinstance(budget, int) or not 0 <= budget <= removable:
+            raise ValueError(f"search budget {budget!r}: give a number of blocks to keep (0..{removable}) or the "
+                             f"name of a paper pattern (DS-A ... DS-F) for as many removed blocks as it removes")
+        resolved.append(budget)
+    return resolved
+
+
+def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int, backbone: str,
+                       runtime_searches: dict[str, dict] | None = None, random_count: int = 1) -> dict[str, list[int]]:
+    """Searched, sensitivity and `random_count` random patterns (random-k<budget>-<i>) at every
+    searched budget, the searches with a runtime's latency term (searched-k<budget>@<runtime>), then
+    the paper's (when it has patterns for this backbone)."""
     patterns = {}
     for budget, result in searches.items():
         patterns[f"searched-k{budget}"] = result.pattern(budget)
     for budget in searches:
         patterns[f"sensitivity-k{budget}"] = sensitivity_result.pattern(budget)
     for budget in searches:
-        patterns[f"random-k{budget}"] = gating.random_patterns(base, budget, 1, seed=random_seed)[0]
+        for i, pattern in enumerate(gating.random_patterns(base, budget, random_count, seed=random_seed), 1):
+            patterns[f"random-k{budget}-{i}"] = pattern
     for runtime, results in (runtime_searches or {}).items():
         for budget, result in results.items():
             patterns[f"searched-k{budget}@{runtime}"] = result.pattern(budget)
     for name, pattern in ds.PATTERNS.get(backbone, {}).items():
         patterns[name] = list(pattern)
     return patterns
+
+
+def pattern_source(name: str) -> str:
+    """Where a pattern comes from: base, searched, sensitivity, random, paper, or given (a 0/1 list)."""
+    if name == "base":
+        return "base"
+    for source in ("searched", "sensitivity", "random"):
+        if name.startswith(source + "-"):
+            return source
+    return "paper" if any(name in patterns for patterns in ds.PATTERNS.values()) else "given"
+
+
+def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], budgets: list[int], epochs: int,
+                        lr: float) -> pd.DataFrame:
+    """Every candidate pattern that removes as many blocks as a searched budget, finetuned from the
+    base alike (no distillation, `epochs` at `lr`, the run's seed): top-1 right after removal and
+    finetuned (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/)."""
+    removable = len(gating.searchable_switches(base))
+    path = ch.layout.candidates_csv
+    rows = _rows(path)
+    done = {r["pattern"] for r in rows}
+    for budget in budgets:
+        for name, pattern in candidates.items():
+            if name in done or removed_blocks(base, pattern) != removable - budget:
+                continue
+            model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern,
+                                init=ch.layout.base_checkpoint).to(ch.device)
+            before = evaluate(model, ch.test_loader)["acc"]
+            cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, seed=ch.seed)
+            metrics = train(model, ch.train_loader, ch.test_loader, cfg, ch.layout.candidate_dir(name),
+                            meta=net_info(model), piece=ch.piece).metrics
+            _append(path, rows, {"pattern": name, "source": pattern_source(name), "budget": budget,
+                                 "removed_blocks": removable - budget, "epochs": epochs, "top1_removed": before,
+                                 "top1": metrics["test_acc"].iloc[-1], "test_images": len(ch.data.test_labels),
+                                 "pattern_bits": "".join(map(str, pattern))})
+            done.add(name)
+    return pd.DataFrame(rows)
+
+
+def pattern_speed(ch: Chapter, patterns: dict[str, list[int]], setting: str, batch: int,
+                  threads: int | None = None, repeats: int = 5, min_time: float = 0.2) -> pd.DataFrame:
+    """Measured speed of every pattern: its merged network, built from a freshly initialized network
+    as ds.bench does (the speed of a network does not depend on its weights; a briefly trained one
+    can be too badly conditioned for the merge's float32 check), timed in one CPU setting (a name of
+    ds.bench.profile.SETTINGS, e.g. 'openvino bf16'), the networks interleaved. One row per pattern
+    with img/s, ms per batch and the speed-up over the base; a setting that cannot run here falls
+    back to torch NCHW (the `setting` column says which ran). Saved to candidate_speed.csv and
+    reused from there."""
+    path = ch.layout.candidate_speed_csv
+    if path.is_file():
+        return pd.read_csv(path)
+    if setting not in SETTINGS:
+        raise ValueError(f"candidate_setting {setting!r}: choose among {', '.join(SETTINGS)}")
+    runtime, dtype, channels_last = SETTINGS[setting]
+    reason = unsupported(runtime, dtype, torch.device("cpu")) if runtime != "torch" else None
+    if reason:
+        warnings.warn(f"{setting} cannot run here ({reason}): patterns timed in torch NCHW instead", stacklevel=2)
+        runtime, dtype, channels_last = SETTINGS["torch NCHW"]
+    torch.manual_seed(ch.seed)
+    fresh = build_model(ch.backbone, ch.num_classes, ch.input_size).eval()
+    merged, _ = build_variants(fresh, patterns, ch.input_size)
+    load = os.getloadavg()[0]
+    results = bench.measure(merged, ch.input_size, batch, "cpu", dtype, channels_last, runtime=runtime,
+                            repeats=repeats, min_time=min_time, threads=threads or all_cores(), seed=ch.seed)
+    base_s = results["base"].seconds_per_batch
+    frame = pd.DataFrame([{"setting": short_name(r.runtime, r.layout, r.dtype), "pattern": name, "batch": r.batch,
+                           "threads": r.threads, "img_s_median": r.img_s_median, "img_s_min": r.img_s_min,
+                           "img_s_max": r.img_s_max, "ms_per_batch": 1e3 * r.seconds_per_batch,
+                           "speedup_same_runtime": base_s / r.seconds_per_batch, "load_average": load}
+                          for name, r in results.items()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def candidate_table(finetuned: pd.DataFrame, speed: pd.DataFrame, base_top1: float) -> pd.DataFrame:
+    """The comparison at equal removed blocks: per candidate its source, top-1 (and the change
+    against the base), measured speed and speed-up over the base in the same setting; by budget,
+    best first."""
+    table = finetuned.merge(speed[["pattern", "img_s_median", "ms_per_batch", "speedup_same_runtime"]],
+                            on="pattern", how="left")
+    table["delta_top1"] = table["top1"] - base_top1
+    table = table.rename(columns={"speedup_same_runtime": "speedup"})
+    return table.sort_values(["removed_blocks", "top1"], ascending=[True, False]).reset_index(drop=True)
+
+
+def candidate_reading(table: pd.DataFrame) -> str:
+    """Per number of removed blocks: where the searched pattern ranks, against the paper's, the
+    sensitivity-ranked and the random patterns, with the test set's standard error."""
+    lines = []
+    for removed, group in table.groupby("removed_blocks"):
+        by_source = {source: g for source, g in group.groupby("source")}
+        searched = by_source.get("searched")
+        if searched is None:
+            continue
+        best = searched.sort_values("top1").iloc[-1]
+        se = test_se(best["top1"], int(best["test_images"]))
+        parts = []
+        for source in ("paper", "sensitivity", "random"):
+            if source in by_source:
+                others = by_source[source]["top1"]
+                parts.append(f"{source} {others.mean():.2f}%" + (f" (mean of {len(others)}, {others.min():.2f} to "
+                                                                 f"{others.max():.2f})" if len(others) > 1 else ""))
+        rank = int((group["top1"] > best["top1"]).sum()) + 1
+        lines.append(f"- **{removed} blocks removed.** The best searched pattern, `{best['pattern']}`, reaches "
+                     f"{best['top1']:.2f}% (+- {se:.2f}, the test set's standard error) and ranks {rank} of "
+                     f"{len(group)}; " + ", ".join(parts) + ". Differences under about "
+                     f"{2 * 2 ** 0.5 * se:.1f} points (two standard errors of a difference) are within the test "
+                     f"set's noise." + _latency_term_sentence(group))
+    return "\n".join(lines)
+
+
+def _latency_term_sentence(group: pd.DataFrame) -> str:
+    """How the searches with a latency term compare with the search without, at one budget."""
+    rows = group.set_index("pattern")
+    plain = [p for p in rows.index if re.fullmatch(r"searched-k\d+", p)]
+    if not plain:
+        return ""
+    ref = rows.loc[plain[0]]
+    parts = []
+    for name in rows.index:
+        if name.startswith(plain[0] + "@"):
+            row = rows.loc[name]
+            same = row["pattern_bits"] == ref["pattern_bits"]
+            parts.append(f"`{name}` is the same pattern" if same else
+                         f"`{name}` runs at {row['speedup'] / ref['speedup']:.2f}x the speed of `{plain[0]}` "
+                         f"with {row['top1'] - ref['top1']:+.2f} points of top-1")
+    return (" With a latency term: " + "; ".join(parts) + ".") if parts else ""
 
 
 def write_patterns(ch: Chapter, patterns: dict[str, list[int]]) -> None:
@@ -370,7 +587,7 @@ def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, lr: float, disti
                             teacher=teacher if distill else None, meta=net_info(model), piece=ch.piece).metrics
             rows.append({"pattern": name, "removed_blocks": removed_blocks(teacher, pattern), "distill": distill,
                          "acc_before": before, "acc": metrics["test_acc"].iloc[-1],
-                         "pattern_bits": "".join(map(str, pattern))})
+                         "test_images": len(ch.data.test_labels), "pattern_bits": "".join(map(str, pattern))})
     table = pd.DataFrame(rows)
     table.to_csv(ch.layout.finetune_results, index=False)
     return table
@@ -385,14 +602,45 @@ def finetune_summary(results: pd.DataFrame) -> pd.DataFrame:
                                                           errors="ignore")
 
 
+def finetune_curves(ch: Chapter, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{'<pattern>, distilled' or '<pattern>, plain': its per-epoch metrics} for every finetune."""
+    return {f"{row.pattern}, {'distilled' if row.distill else 'plain'}":
+            pd.read_csv(ch.layout.finetune_dir(row.pattern, bool(row.distill)) / "metrics.csv")
+            for row in results.itertuples()}
+
+
+def distill_reading(results: pd.DataFrame) -> str:
+    """Per pattern finetuned both ways: what self-distillation changed, against the test set's
+    standard error of the difference (one seed: training noise is not measured here)."""
+    lines = []
+    for pattern, group in results.groupby("pattern", sort=False):
+        acc = {bool(d): a for d, a in zip(group["distill"], group["acc"])}
+        if len(acc) < 2:
+            continue
+        d = difference(pd.Series([acc[True]]), pd.Series([acc[False]]), int(group["test_images"].iloc[0]),
+                       "distilled", "plain")
+        lines.append(f"- **{pattern}**: plain {d.mean_b:.2f}%, distilled {d.mean_a:.2f}%: "
+                     f"{d.value:+.2f} points (+- {d.test_se:.2f}, the test set's standard error of the difference; "
+                     f"one seed each). " + {"distilled better": "Self-distillation helped.",
+                                            "plain better": "Self-distillation hurt.",
+                                            "not separated": "Within the test set's noise."}[d.verdict])
+    return "\n".join(lines)
+
+
+FINETUNES = ("distill", "plain", "candidate")   # which finetune of a pattern stands for it, best first
+
+
 def finetuned_networks(ch: Chapter):
-    """(name, distill, pattern, model) for every network chapter 3 finetuned."""
-    results = pd.read_csv(ch.require(ch.layout.finetune_results, "03_finetune"), dtype={"pattern_bits": str})
-    for row in results.itertuples():
-        pattern = [int(b) for b in row.pattern_bits]
-        path = ch.layout.finetune_checkpoint(row.pattern, bool(row.distill))
-        yield row.pattern, bool(row.distill), pattern, load_model(ch.backbone, ch.num_classes, ch.input_size,
-                                                                  path, pattern)
+    """(name, finetune, pattern, model) for every network chapters 2 and 3 finetuned: 'candidate'
+    for chapter 2's comparison, 'plain' and 'distill' for chapter 3's."""
+    tables = [("candidate", ch.layout.candidates_csv)] if ch.layout.candidates_csv.is_file() else []
+    tables.append((None, ch.require(ch.layout.finetune_results, "03_finetune")))
+    for finetune, path in tables:
+        for row in pd.read_csv(path, dtype={"pattern_bits": str}).itertuples():
+            kind = finetune or ("distill" if row.distill else "plain")
+            pattern = [int(b) for b in row.pattern_bits]
+            yield row.pattern, kind, pattern, load_model(ch.backbone, ch.num_classes, ch.input_size,
+                                                         ch.layout.finetuned_checkpoint(row.pattern, kind), pattern)
 
 
 # ---------------------------------------------------------------- chapter 4
@@ -412,20 +660,19 @@ def load_network(path: Path):
 
 @dataclass
 class Merged:
-    """Chapter 4's merge: the table, and every merged network keyed by (pattern, distill)."""
+    """Chapter 4's merge: the table, and every merged network keyed by (pattern, finetune)."""
     table: pd.DataFrame
     networks: dict
 
     def network(self, pattern: str):
-        """The merged network of `pattern`: its distilled finetune when there is one."""
-        key = (pattern, True) if (pattern, True) in self.networks else (pattern, False)
-        return self.networks[key]
+        """The merged network that stands for `pattern` (its distilled finetune when there is one)."""
+        return next(self.networks[(pattern, f)] for f in FINETUNES if (pattern, f) in self.networks)
 
 
-def _merge_row(ch: Chapter, name: str, distill: bool, removed: int, unmerged, merged) -> dict:
+def _merge_row(ch: Chapter, name: str, finetune: str, removed: int, unmerged, merged) -> dict:
     record = net_info(merged)
     size = ch.input_size
-    return {"pattern": name, "distill": distill, "removed_blocks": removed,
+    return {"pattern": name, "finetune": finetune, "distill": finetune == "distill", "removed_blocks": removed,
             "max_abs": record.merge_max_abs, "max_rel": record.merge_max_rel,
             "macs_unmerged": ds.macs(unmerged, size), "macs_merged": ds.macs(merged, size),
             "params_unmerged": ds.params(unmerged), "params_merged": ds.params(merged),
@@ -434,46 +681,50 @@ def _merge_row(ch: Chapter, name: str, distill: bool, removed: int, unmerged, me
 
 
 def merge_all(ch: Chapter) -> Merged:
-    """Merge the base network (BN folded) and every finetuned network once: merge errors (as
-    `ds.merge` recorded them), MACs and parameters before and after, top-1 of the unmerged and the
-    merged network (merge.csv). Each merged network is saved for chapter 5."""
+    """Merge the base network (BN folded) and every network chapters 2 and 3 finetuned, once each:
+    merge errors (as `ds.merge` recorded them), MACs and parameters before and after, top-1 of the
+    unmerged and the merged network (merge.csv). Each merged network is saved for chapter 5."""
     base = load_base(ch).cpu()
     networks, rows = {}, []
-    entries = [("base", False, all_ones(base), base)] + list(finetuned_networks(ch))
-    for name, distill, pattern, unmerged in entries:
+    entries = [("base", "base", all_ones(base), base)] + list(finetuned_networks(ch))
+    for name, finetune, pattern, unmerged in entries:
         merged = ds.merge(unmerged.cpu(), input_size=ch.input_size)
-        save_network(merged, ch.layout.merged_network(name, distill))
-        rows.append(_merge_row(ch, name, distill, removed_blocks(base, pattern), unmerged, merged))
-        networks[(name, distill)] = merged.cpu()
+        save_network(merged, ch.layout.merged_network(name, finetune))
+        rows.append(_merge_row(ch, name, finetune, removed_blocks(base, pattern), unmerged, merged))
+        networks[(name, finetune)] = merged.cpu()
     table = pd.DataFrame(rows)
     table.to_csv(ch.layout.merge_csv, index=False)
     return Merged(table, networks)
 
 
+def standing(merge: pd.DataFrame) -> pd.DataFrame:
+    """One row of merge.csv per pattern: the finetune that stands for it (distilled, else chapter 3's
+    plain, else chapter 2's comparison finetune), and the base."""
+    rank = merge["finetune"].map({f: i for i, f in enumerate(FINETUNES)}).fillna(-1)
+    return merge.assign(_rank=rank).sort_values("_rank", kind="stable").groupby("pattern", sort=False).head(1) \
+        .drop(columns="_rank").sort_index()
+
+
 def most_removed(merged: Merged, wanted: str | None = None) -> str:
-    """The pattern to draw: `wanted`, else the (distilled) network with the most removed blocks."""
-    table = merged.table[merged.table["pattern"] != "base"]
+    """The pattern to draw: `wanted`, else the standing network with the most removed blocks."""
+    table = standing(merged.table)
+    table = table[table["pattern"] != "base"]
     if wanted is not None:
         if wanted not in set(table["pattern"]):
             raise ValueError(f"diagram_pattern {wanted!r} is not among the merged networks: "
                              f"{', '.join(table['pattern'].unique())}")
         return wanted
-    distilled = table[table["distill"]] if table["distill"].any() else table
-    return distilled.sort_values("removed_blocks", ascending=False, kind="stable")["pattern"].iloc[0]
+    return table.sort_values("removed_blocks", ascending=False, kind="stable")["pattern"].iloc[0]
 
 
 # ---------------------------------------------------------------- chapter 5
 
-def merged_networks(ch: Chapter, distill: bool = True) -> dict:
-    """{'base': the BN-folded base, pattern name: merged finetuned network} as chapter 4 saved
-    them (the distilled finetunes by default)."""
-    table = pd.read_csv(ch.require(ch.layout.merge_csv, "04_merge"))
-    models = {}
-    for row in table.itertuples():
-        if row.pattern == "base" or bool(row.distill) == distill:
-            path = ch.require(ch.layout.merged_network(row.pattern, bool(row.distill)), "04_merge")
-            models[row.pattern] = load_network(path)
-    return models
+def merged_networks(ch: Chapter) -> dict:
+    """{'base': the BN-folded base, pattern name: the merged network that stands for it} as
+    chapter 4 saved them (`standing`: speed depends on the pattern, not on how it was finetuned)."""
+    table = standing(pd.read_csv(ch.require(ch.layout.merge_csv, "04_merge")))
+    return {row.pattern: load_network(ch.require(ch.layout.merged_network(row.pattern, row.finetune), "04_merge"))
+            for row in table.itertuples()}
 
 
 def bench_devices(devices: str | list[str]) -> list[str]:
@@ -493,28 +744,29 @@ class ThroughputResult:
     not_measured: list[str]    # settings asked for that cannot run here, each with the reason
 
 
-def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, repeats: int = 5,
+def throughput(ch: Chapter, devices, inputs: list[tuple[int | None, int]], repeats: int = 5,
                min_time: float = 0.2, threads: int | None = None,
                runtimes=("torch", "onnxruntime", "openvino")) -> ThroughputResult:
-    """Images/s of the BN-folded base and every merged (distilled) network, as chapter 4 saved
-    them, in every runtime (torch NCHW and channels_last, ONNX Runtime, OpenVINO; on a GPU torch
-    only), networks interleaved within each setting. Each row has the speed-up over the base in
-    the same setting and over the fastest base of the device, the setting's label and the top-1
-    chapter 4 measured (throughput.csv)."""
-    size = input_size or ch.input_size
+    """Images/s of the BN-folded base and every merged network (the one that stands for each
+    pattern, as chapter 4 saved it) in every runtime (torch NCHW and channels_last, ONNX Runtime,
+    OpenVINO; on a GPU torch only), at every (input size, batch) of `inputs` (None: the training
+    size), networks interleaved within each setting. Each row has the speed-up over the base in the
+    same setting and over the fastest base of the device at that input, the setting's label and the
+    top-1 chapter 4 measured (throughput.csv)."""
     models = merged_networks(ch)
-    accuracy = pd.read_csv(ch.layout.merge_csv)
-    accuracy = accuracy[(accuracy["pattern"] == "base") | accuracy["distill"]].set_index("pattern")["acc_merged"]
+    accuracy = standing(pd.read_csv(ch.layout.merge_csv)).set_index("pattern")["acc_merged"]
     frames, not_measured = [], []
     for device in bench_devices(devices):
         here = ",".join(runtimes) if device == "cpu" else "torch"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            frame = bench.runtime_table(models, size, batch, runtimes=here, threads=threads or all_cores(),
-                                        device=device, model_name=ch.backbone, repeats=repeats,
-                                        min_time=min_time, log=lambda text: None)   # the tables say it
-        not_measured += [f"{device}: {w.message}" for w in caught if "not measured" in str(w.message)]
-        frames.append(frame)
+        for size, batch in inputs:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                frame = bench.runtime_table(models, size or ch.input_size, batch, runtimes=here,
+                                            threads=threads or all_cores(), device=device, model_name=ch.backbone,
+                                            repeats=repeats, min_time=min_time, log=lambda text: None)
+            not_measured += [f"{device}: {w.message}" for w in caught
+                             if "not measured" in str(w.message) and f"{device}: {w.message}" not in not_measured]
+            frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.insert(table.columns.get_loc("runtime") + 1, "setting", setting_labels(table))
     table["top1"] = table["pattern"].map(accuracy)
@@ -526,22 +778,46 @@ def throughput(ch: Chapter, devices, batch: int, input_size: int | None = None, 
 
 
 def best_setting_per_pattern(table: pd.DataFrame) -> pd.DataFrame:
-    """For each device and network, the row of the setting where it runs fastest (what a user
+    """For each device, input size and network, the row of the setting where it runs fastest (what a user
     who deploys it well gets), with its speed-up over the device's fastest base."""
-    best = table.loc[table.groupby(["device", "pattern"])["img_s_median"].idxmax()]
+    best = table.loc[table.groupby(["device", "input", "pattern"])["img_s_median"].idxmax()]
     return best.reset_index(drop=True)
 
 
+def study_table(ch: Chapter, throughput: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
+    """One row per network of the run (study.csv): pattern, source, finetune, removed_blocks,
+    distilled, seed, top1 (unmerged) and top1_merged, macs (merged, at the training input), and on
+    `device` at the training input the img/s in the setting where the network runs fastest and the
+    speed-up over the fastest base (img_s, speedup, setting); other input sizes add the same three
+    columns suffixed _<size>px. Speed is the pattern's: every finetune of a pattern shares it."""
+    merge = pd.read_csv(ch.require(ch.layout.merge_csv, "04_merge"))
+    table = pd.DataFrame({
+        "pattern": merge["pattern"], "source": merge["pattern"].map(pattern_source), "finetune": merge["finetune"],
+        "removed_blocks": merge["removed_blocks"], "distilled": merge["distill"], "seed": ch.seed,
+        "top1": merge["acc_unmerged"], "top1_merged": merge["acc_merged"], "macs": merge["macs_merged"]})
+    best = best_setting_per_pattern(throughput[throughput["device"] == device])
+    for size, group in best.groupby("input"):
+        suffix = "" if size == ch.input_size else f"_{size}px"
+        speed = group.set_index("pattern")
+        table[f"img_s{suffix}"] = table["pattern"].map(speed["img_s_median"])
+        table[f"speedup{suffix}"] = table["pattern"].map(speed["speedup_over_best_base"])
+        table[f"setting{suffix}"] = table["pattern"].map(speed["setting"])
+    path = ch.layout.study_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return table
+
+
 def throughput_reading(table: pd.DataFrame) -> str:
-    """Two sentences per device with the numbers a reader needs: the fastest base, and what the
-    fastest merged network gains over it and over the base in its own runtime."""
+    """Two sentences per device and input size with the numbers a reader needs: the fastest base,
+    and what the fastest merged network gains over it and over the base in its own runtime."""
     lines = []
-    for device, group in table.groupby("device"):
+    for (device, size), group in table.groupby(["device", "input"]):
         base = group[group["pattern"] == "base"].sort_values("img_s_median").iloc[-1]
         best = group[group["pattern"] != "base"].sort_values("speedup_over_best_base").iloc[-1]
         losers = group[(group["pattern"] != "base") & (group["speedup_over_best_base"] < 1)]
         lines.append(
-            f"On **{device}** ({base['device_name']}) the fastest way to run the base network is "
+            f"On **{device}** ({base['device_name']}) at {size} px, batch {base['batch']}, the fastest way to run the base network is "
             f"**{base['setting']}** at {base['img_s_median']:.1f} img/s. The fastest merged network, "
             f"**{best['pattern']}** in {best['setting']}, runs at {best['img_s_median']:.1f} img/s: "
             f"**{best['speedup_over_best_base']:.2f}x** over that best base "

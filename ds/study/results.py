@@ -1,0 +1,80 @@
+"""What publishing a run leaves outside the book: its tables in data/results/ and, when small
+enough, its base network and merged searched network in data/checkpoints/, each with the run's
+provenance beside it (profile, commit, dates, device) so a number can always be traced to its run.
+
+    data/results/study_<profile>.csv          one row per network (chapter 5's study.csv)
+    data/results/observation_<profile>.csv    one row per arm and seed (chapter 1's observation.csv)
+    data/checkpoints/<profile>/base.pt        the trained base: build_model(..., init=this file)
+    data/checkpoints/<profile>/<pattern>-merged.pt   the merged searched network (torch.load, whole module)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .layout import REPO_ROOT, RunLayout
+from .steps import standing
+
+RESULTS_DIR = REPO_ROOT / "data" / "results"
+CHECKPOINTS_DIR = REPO_ROOT / "data" / "checkpoints"
+MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
+
+
+def run_provenance(layout: RunLayout) -> dict:
+    """The run's provenance.json (per chapter: profile, device, date, commit, torch, host)."""
+    return json.loads(layout.provenance.read_text()) if layout.provenance.is_file() else {}
+
+
+def _publish_file(source: Path, target: Path, layout: RunLayout, what: str, limit: int | None = None) -> Path | None:
+    """Copy `source` to `target` with a provenance record beside it; None (and a message) when it
+    is larger than `limit` bytes."""
+    size = source.stat().st_size
+    if limit is not None and size > limit:
+        print(f"not published: {target} would be {size / 2**20:.1f} MB (limit {limit / 2**20:.0f} MB)")
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    record = {"what": what, "run_dir": f"runs/{layout.root.name}", "chapters": run_provenance(layout)}
+    target.with_name(target.name + ".provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+    return target
+
+
+def best_searched(study: pd.DataFrame) -> pd.Series | None:
+    """The searched network to publish: of the searched patterns' standing networks, the most
+    accurate merged one."""
+    searched = standing(study[study["source"] == "searched"])
+    return None if searched.empty else searched.sort_values("top1_merged").iloc[-1]
+
+
+def publish_results(layout: RunLayout, profile: str, results_dir: Path = RESULTS_DIR,
+                    checkpoints_dir: Path = CHECKPOINTS_DIR) -> list[Path]:
+    """Copy the run's tables into `results_dir` and its base and best merged searched network into
+    `checkpoints_dir`/<profile>/ (each only under 5 MB; a larger one is left out and said so); the
+    paths written."""
+    written = []
+    for source, name, what in ((layout.study_csv, f"study_{profile}.csv", "one row per network (chapter 5)"),
+                               (layout.observation_csv, f"observation_{profile}.csv",
+                                "one row per arm and seed of the observation (chapter 1)")):
+        if source.is_file():
+            written.append(_publish_file(source, Path(results_dir) / name, layout, what))
+    target = Path(checkpoints_dir) / profile
+    if layout.base_checkpoint.is_file():
+        state = torch.load(layout.base_checkpoint, map_location="cpu", weights_only=False)
+        with tempfile.TemporaryDirectory() as tmp:   # the weights only, not the optimizer's state
+            slim = Path(tmp) / "base.pt"
+            torch.save({"model": state["model"], "meta": state.get("meta"), "epoch": state.get("epoch")}, slim)
+            written.append(_publish_file(slim, target / "base.pt", layout, "the trained base network (weights)",
+                                         MAX_CHECKPOINT_BYTES))
+    if layout.study_csv.is_file():
+        row = best_searched(pd.read_csv(layout.study_csv))
+        if row is not None:
+            written.append(_publish_file(layout.merged_network(row["pattern"], row["finetune"]),
+                                         target / f"{row['pattern']}-merged.pt", layout,
+                                         f"the merged network of {row['pattern']} ({row['finetune']} finetune), "
+                                         f"test top-1 {row['top1_merged']:.2f}%", MAX_CHECKPOINT_BYTES))
+    return [p for p in written if p is not None]
