@@ -45,9 +45,6 @@ STAGES = {
     2: {   # the epoch budget: what the default recipe reaches in 20 epochs (the curve, every epoch)
         "s2-lr0.2-e20": {"epochs": 20},
     },
-    3: {   # the cpu profile's base: 25 epochs at the stage-1 leader's learning rate
-        "s3-lr0.4-e25": {"epochs": 25, "lr": 0.4},
-    },
 }
 
 

@@ -72,9 +72,11 @@ ARCHIVE = "state.tar.xz"       # parts are state.tar.xz.00, .01, ...
 
 # Which study outputs a chapter reads after the chapter that wrote them: a checkpoint under
 # <run_dir>/<top>/ is carried while one of these chapters is unfinished (default: <top> itself;
-# an unknown folder is always carried). Chapter 1 trains base/, chapter 3 03_finetune/.
+# an unknown folder is always carried). Chapter 1 trains base/, chapter 2 the candidates of its
+# comparison (02_search/finetune/, merged by chapter 4), chapter 3 03_finetune/.
 READERS = {
     "base": ("01_observation", "02_search", "03_finetune", "04_merge", "05_throughput"),
+    "02_search": ("02_search", "03_finetune", "04_merge"),
     "03_finetune": ("03_finetune", "04_merge", "05_throughput"),
 }
 WRITERS = {"base": "01_observation"}   # folders a chapter writes that are not named after it

@@ -87,7 +87,9 @@ def test_checkpoints_are_carried_while_a_chapter_reads_them():
     assert gp.checkpoint_needed(Path("03_finetune/DS-A/distill/checkpoint.pt"),
                                 {"01_observation", "02_search", "03_finetune"})
     assert not gp.checkpoint_needed(Path("01_observation/scratch/checkpoint.pt"), {"01_observation"})
-    assert not gp.checkpoint_needed(Path("02_search/k8/checkpoint.pt"), {"01_observation", "02_search"})
+    assert gp.checkpoint_needed(Path("02_search/finetune/DS-A/checkpoint.pt"),   # chapter 4 merges it
+                                {"01_observation", "02_search", "03_finetune"})
+    assert not gp.checkpoint_needed(Path("02_search/k8/checkpoint.pt"), every - {"05_throughput"})
     assert gp.checkpoint_needed(Path("02_search/k8/checkpoint.pt"), {"01_observation"})
     assert gp.checkpoint_needed(Path("elsewhere/checkpoint.pt"), every)   # unknown: kept
 

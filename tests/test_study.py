@@ -63,6 +63,19 @@ def test_reproduce_page_matches_the_profiles():
         "book/reproduce.md is stale: run python -m ds.study pages"
 
 
+def test_recipe_page_is_generated_from_the_sweep_and_says_whether_the_target_was_met(tmp_path):
+    sweep = pd.DataFrame({"config": ["a"] * 3 + ["b"] * 2, "stage": [2] * 3 + [1] * 2, "epoch": [1, 2, 3, 1, 2],
+                          "train_acc": [50.0, 70.0, 80.0, 40.0, 50.0], "test_acc": [55.0, 75.0, 84.0, 45.0, 52.0],
+                          "arg_lr": [0.2] * 3 + [0.4] * 2, "command": ["python -m ds.train a"] * 3 + ["b"] * 2})
+    page = book.recipe_page(sweep)
+    assert "**84.00%**" in page and "1.00 points short of the 85% target" in page and "python -m ds.train a" in page
+    assert "No run of the `cpu` profile is published yet" in page
+    curve = pd.DataFrame({"epoch": [1, 2], "train_acc": [80.0, 88.0], "test_acc": [84.0, 85.5], "seconds": [99, 98]})
+    assert "**85.50%**" in book.recipe_page(sweep, curve) and "It meets the 85% target." in book.recipe_page(sweep, curve)
+    assert (BOOK / "recipe.md").read_text() == book.recipe_page(*book.recipe_inputs()), \
+        "book/recipe.md is stale: run python -m ds.study pages"
+
+
 def test_pareto_front_keeps_points_no_other_beats():
     table = pd.DataFrame({"pattern": list("abcd"), "speedup": [1.0, 1.5, 1.4, 2.0],
                           "delta_acc": [-1.0, -2.0, -3.0, -2.5]})

@@ -3,7 +3,7 @@
 A chapter notebook calls `setup` first (run directory, device, provenance, data and loaders), then
 the experiments of `ds.study.steps` and the figures of `ds.study.figures`. `python -m ds.study run
 --profile quick` runs the five chapters and builds the run's book (see `ds.study.runner`);
-`python -m ds.study publish --profile quick` puts a finished run into book/.
+`python -m ds.study publish --profile cpu` puts a finished run into book/.
 """
 from .chapter import (Chapter, MissingInput, Piece, PieceTimeUp, describe_data, is_finished, load_data, load_model,
                       loaders, setup, start, train)

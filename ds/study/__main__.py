@@ -1,4 +1,4 @@
-"""python -m ds.study run --profile quick | book --profile quick | publish --profile quick | pages"""
+"""python -m ds.study run --profile quick | book --profile quick | publish --profile cpu | pages"""
 from __future__ import annotations
 
 import argparse

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .diagram import block_merge_svg
-from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, REPO_ROOT, REPRODUCE_PAGE, RESULTS_PAGE,
-                     RunLayout, notebook_source, relative_to_repo)
-from .profiles import chapter_parameters, load_profile, read_profiles
 from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
+from .diagram import block_merge_svg
+from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, RECIPE_PAGE, REPO_ROOT, REPRODUCE_PAGE,
+                     RESULTS_PAGE, RunLayout, notebook_source, relative_to_repo)
+from .profiles import chapter_parameters, load_profile, read_profiles
 from .steps import (candidate_reading, candidate_table, distill_reading, observation_reading,
                     throughput_reading)
+from .uncertainty import test_se
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
@@ -66,7 +67,7 @@ def assemble(layout: RunLayout, target: Path, sources: Path = BOOK) -> Path:
     run's executed chapters (parameter cells hidden, paths relative) and its results page."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    for name in BOOK_SOURCES + (REPRODUCE_PAGE,):
+    for name in BOOK_SOURCES + (REPRODUCE_PAGE, RECIPE_PAGE):
         source = Path(sources) / name
         if source.is_dir():
             shutil.copytree(source, target / name, dirs_exist_ok=True,
@@ -246,15 +247,16 @@ def reproduce_page(profiles_file=None) -> str:
     profiles = read_profiles(profiles_file)
     lines = ["# Reproduce", "",
              "Everything in this book comes from one command, run in a clone of the repository:", "",
-             "```bash", "make study                 # profile quick: about 20 minutes on 2 CPU cores",
+             "```bash", "make study                 # profile quick: about 12 minutes on 2 CPU cores",
+             "make study PROFILE=cpu     # the published study: all of CIFAR-10, at most 150 minutes on 2 CPU cores",
              "make study PROFILE=full    # the GPU reproduction (one H100)", "```", "",
              "`make study` creates the virtual environment when it is missing, runs "
              "`python -m ds.study run --profile $(PROFILE)` (the five chapters below, in order, with papermill, "
              "into `runs/<profile>/`), then builds that run's own book in `runs/<profile>/book/` with "
              "`jupyter-book build -W -n --keep-going` and prints its path. A run never writes into the "
-             "repository's `book/`: `make publish PROFILE=quick` (`python -m ds.study publish --profile quick`) "
+             "repository's `book/`: `make publish PROFILE=cpu` (`python -m ds.study publish --profile cpu`) "
              "copies a complete run into it and builds it, and refuses a run with a missing or stale chapter "
-             "or a profile marked `publish: false` (`tiny`).", "",
+             "or a profile marked `publish: false` (`quick`, `tiny`).", "",
              "A finished chapter leaves `runs/<profile>/NN_name.done` with the parameters it ran with; a rerun "
              "skips it while they and its notebook are unchanged, reruns it from scratch (and the chapters after "
              "it) when they changed, and resumes unfinished chapters from their checkpoints. "
@@ -264,10 +266,13 @@ def reproduce_page(profiles_file=None) -> str:
              "## What a run leaves in `runs/<profile>/`", "",
              "- `NN_name.ipynb`: each executed chapter, with its figures, tables and, on failure, the traceback;",
              "- `base/`: the base network (`checkpoint.pt`, `metrics.csv`), trained in chapter 1;",
-             "- `01_observation/removal.csv`, `comparison.csv`; `02_search/k<budget>/` (checkpoint, `gates.csv`) "
-             "and `patterns.json`; `03_finetune/<pattern>/{plain,distill}/` and `results.csv`; "
-             "`04_merge/merge.csv` and `04_merge/networks/` (the merged networks, which chapter 5 times); "
-             "`05_throughput/throughput.csv`;",
+             "- `01_observation/removal.csv`, `observation.csv` (one row per arm and seed) and `observation/` (its "
+             "networks); `02_search/k<budget>/` (checkpoint, `gates.csv`), `patterns.json`, `candidates.csv` and "
+             "`finetune/<pattern>/` (every candidate finetuned alike), `candidate_speed.csv`; "
+             "`03_finetune/<pattern>/{plain,distill}/` and `results.csv`; `04_merge/merge.csv` and "
+             "`04_merge/networks/` (the merged networks, which chapter 5 times); `05_throughput/throughput.csv`, "
+             "`time_shares.csv` and `study.csv` (one row per network; publishing copies it and `observation.csv` "
+             "to `data/results/<table>_<profile>.csv`);",
              "- `provenance.json` (profile, device, date, commit of each chapter), `timings.json`, `study.log`, "
              "a `NN_name.done` record per finished chapter, and `book/`, the run's own book.", "",
              "## Time-limited machines", "",
@@ -290,9 +295,92 @@ def reproduce_page(profiles_file=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_static_pages(book_dir: Path = BOOK, profiles_file=None) -> None:
-    """Pages generated from the repository (not from a run): Reproduce and the intro's diagram.
-    Only `python -m ds.study pages` writes them; a run never does."""
+RECIPE_SWEEP = REPO_ROOT / "benchmarks" / "results" / "recipe_sweep.csv"
+
+
+def recipe_page(sweep: pd.DataFrame, profile_base: pd.DataFrame | None = None, profile: str = "cpu") -> str:
+    """The training recipe page, from the sweep's table (benchmarks/recipe_sweep.py) and, once a
+    run of `profile` is published, its base network's curve: what was tried, the curves, and
+    what the profile trains with."""
+    last = sweep.sort_values("epoch").groupby("config", sort=False).tail(1).set_index("config").loc[
+        sweep["config"].unique()]
+    constant = ("arg_backbone", "arg_dataset", "arg_threads", "arg_input_size", "arg_seed", "arg_epochs")
+    args = [c for c in sweep.columns if c.startswith("arg_") and c not in constant]
+    table = last[["stage", "epoch"] + args + ["train_acc", "test_acc"]].reset_index().rename(
+        columns={c: c[4:].replace("_", " ") for c in args} | {"epoch": "epochs", "train_acc": "train acc (%)",
+                                                              "test_acc": "test top-1 (%)"})
+    long = last[last["epoch"] == last["epoch"].max()]
+    best = long.sort_values("test_acc").iloc[-1]
+    reached = best["test_acc"] >= 85.0
+    curve = sweep[sweep["config"] == best.name].sort_values("epoch")["test_acc"]
+    gain = curve.iloc[-1] - curve.iloc[-2]
+    return "\n".join([
+        "# The training recipe", "",
+        "How the `cpu` profile trains its base network: mobilenetv2_035 with CIFAR strides on all of CIFAR-10 at "
+        "32 px, 2 CPU cores. Generated by `python -m ds.study pages` from `benchmarks/results/recipe_sweep.csv`, "
+        "which `python benchmarks/recipe_sweep.py --stage N` writes (one `python -m ds.train` command per "
+        "configuration, stored with its curve and the load average).", "",
+        "Every configuration uses SGD with Nesterov momentum, a per-step cosine schedule after a linear warm-up, "
+        "weight decay on weights only (not on BN parameters and biases), random crop (4 px padding) and flip. "
+        "Stage 1 compares variations on a 4-epoch proxy (each schedule warms up and decays to zero within the "
+        "4 epochs); the longer stages train the leaders for the epochs the profile can afford.", "",
+        "```{figure} images/recipe_curves.png", ":name: recipe-curves", "",
+        "Test top-1 after every epoch, per configuration (dashed: 4-epoch proxies).", "```", "",
+        _markdown_table(table), "",
+        f"**Result.** The longest run, `{best.name}`, reaches **{best['test_acc']:.2f}%** test top-1 after "
+        f"{int(best['epoch'])} epochs (training accuracy {best['train_acc']:.1f}% on augmented batches), "
+        + ("meeting the 85% target; its settings are the `cpu` profile's base." if reached else
+           f"{85 - best['test_acc']:.2f} points short of the 85% target; its last epoch changed top-1 by "
+           f"{gain:+.2f} points.")
+        + " One seed per configuration: the test set's "
+        "standard error at 70-85% top-1 is 0.36-0.46 points, so differences of about a point between the "
+        "4-epoch proxies are not separated.", "",
+        "The commands, per configuration:", "",
+        "```bash", *[c for c in sweep.groupby("config", sort=False)["command"].first()], "```", "",
+        f"## The `{profile}` profile's base network", "",
+        "The sweep above ran with timm's classifier initialization; since then `ds.create_model` draws the "
+        "classifier from N(0, 0.01), which trains faster on short schedules "
+        "(`benchmarks/classifier_init.py`, `benchmarks/results/classifier_init.csv`). The profile's base "
+        "network is trained with it.", "",
+        *_profile_base_lines(profile_base, profile)])
+
+
+def _profile_base_lines(curve: pd.DataFrame | None, profile: str) -> list[str]:
+    if curve is None:
+        return [f"No run of the `{profile}` profile is published yet (`data/results/base_metrics_{profile}.csv` "
+                f"is written by `make publish PROFILE={profile}`).", ""]
+    final = curve.iloc[-1]
+    verdict = ("It meets the 85% target." if final["test_acc"] >= 85.0 else
+               f"It falls {85.0 - final['test_acc']:.2f} points short of the 85% target; its last epoch changed "
+               f"top-1 by {final['test_acc'] - curve['test_acc'].iloc[-2]:+.2f} points.")
+    return [f"The published `{profile}` run trains its base network with stage 1's leading learning rate (0.4) for "
+            f"{len(curve)} epochs: **{final['test_acc']:.2f}%** test top-1 (training accuracy "
+            f"{final['train_acc']:.1f}% on augmented batches; the test set's standard error "
+            f"{test_se(final['test_acc'], 10_000):.2f} points). {verdict} Per epoch "
+            f"(`data/results/base_metrics_{profile}.csv`):", "",
+            _markdown_table(curve[["epoch", "train_acc", "test_acc", "seconds"]].rename(columns={
+                "train_acc": "train acc (%)", "test_acc": "test top-1 (%)", "seconds": "seconds"})), ""]
+
+
+def recipe_inputs(sweep: Path = RECIPE_SWEEP, results_dir: Path = REPO_ROOT / "data" / "results",
+                  profile: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """What the recipe page is made of: the sweep's table, and the published base curve of
+    `profile` (None until a run of it is published)."""
+    published = Path(results_dir) / f"base_metrics_{profile}.csv"
+    return (pd.read_csv(sweep, keep_default_na=False, na_values={"test_acc": [""]}),
+            pd.read_csv(published) if published.is_file() else None)
+
+
+def write_static_pages(book_dir: Path = BOOK, profiles_file=None, sweep: Path = RECIPE_SWEEP,
+                       results_dir: Path = REPO_ROOT / "data" / "results") -> None:
+    """Pages generated from the repository (not from a run): Reproduce, the training recipe (from
+    the recipe sweep's table) and the intro's diagram. Only `python -m ds.study pages` writes them;
+    a run never does."""
+    from .figures import recipe_curves
     (book_dir / REPRODUCE_PAGE).write_text(reproduce_page(profiles_file))
     (book_dir / "images").mkdir(exist_ok=True)
     (book_dir / "images" / "block_merge.svg").write_text(block_merge_svg())
+    table, base = recipe_inputs(sweep, results_dir)
+    (book_dir / RECIPE_PAGE).write_text(recipe_page(table, base))
+    fig = recipe_curves(table)
+    fig.savefig(book_dir / "images" / "recipe_curves.png", dpi=110)

@@ -26,6 +26,22 @@ def removal_bars(table: pd.DataFrame, base_acc: float):
     return fig
 
 
+def recipe_curves(sweep: pd.DataFrame):
+    """The training-recipe sweep: test top-1 per epoch of every configuration (dashed: the
+    4-epoch proxies), and the 85% target."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    for name, curve in sweep.groupby("config", sort=False):
+        short = curve["epoch"].max() <= 4
+        ax.plot(curve["epoch"], curve["test_acc"], marker="o", ms=2.5, lw=1 if short else 1.8,
+                ls="--" if short else "-", label=f"{name} ({curve['test_acc'].iloc[-1]:.1f}%)")
+    ax.axhline(85, color="k", lw=0.8, ls=":", label="target 85%")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), all 10,000 test images")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def observation_points(table: pd.DataFrame):
     """Chapter 1's comparison: top-1 of every seed per arm (dots) and each arm's mean (bar), one
     panel per setting."""

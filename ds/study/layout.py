@@ -28,6 +28,7 @@ CHAPTERS = ("01_observation", "02_search", "03_finetune", "04_merge", "05_throug
 BOOK_CHAPTERS = "chapters"          # where a book holds the executed chapters
 RESULTS_PAGE = "results.md"         # the page generated from a run's tables
 REPRODUCE_PAGE = "reproduce.md"     # the page generated from profiles.yaml
+RECIPE_PAGE = "recipe.md"           # the page generated from the training-recipe sweep
 # What a book is made of besides its chapters and generated pages (copied from book/).
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "adapt.md", "deviations.md", "images", "_ext")
 

@@ -4,6 +4,7 @@ provenance beside it (profile, commit, dates, device) so a number can always be 
 
     data/results/study_<profile>.csv          one row per network (chapter 5's study.csv)
     data/results/observation_<profile>.csv    one row per arm and seed (chapter 1's observation.csv)
+    data/results/base_metrics_<profile>.csv   the base network's training curve (chapter 1)
     data/checkpoints/<profile>/base.pt        the trained base: build_model(..., init=this file)
     data/checkpoints/<profile>/<pattern>-merged.pt   the merged searched network (torch.load, whole module)
 """
@@ -59,7 +60,9 @@ def publish_results(layout: RunLayout, profile: str, results_dir: Path = RESULTS
     written = []
     for source, name, what in ((layout.study_csv, f"study_{profile}.csv", "one row per network (chapter 5)"),
                                (layout.observation_csv, f"observation_{profile}.csv",
-                                "one row per arm and seed of the observation (chapter 1)")):
+                                "one row per arm and seed of the observation (chapter 1)"),
+                               (layout.base_metrics, f"base_metrics_{profile}.csv",
+                                "the base network's training curve, one row per epoch (chapter 1)")):
         if source.is_file():
             written.append(_publish_file(source, Path(results_dir) / name, layout, what))
     target = Path(checkpoints_dir) / profile

@@ -220,7 +220,7 @@ def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUN
     profile = load_profile(profile_name, profiles_file)
     if not profile.get("publish", True):
         raise study_book.NotPublishable(f"profile {profile_name!r} is marked publish: false (its results are not "
-                                        f"the book's); publish a run of another profile, e.g. --profile quick")
+                                        f"the book's); publish a run of another profile, e.g. --profile cpu")
     layout = run_layout(profile_name, run_root)
     if not layout.root.is_dir():
         raise study_book.NotPublishable(f"no run of profile {profile_name!r} in {layout.root}: run "

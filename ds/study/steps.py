@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def _append(path: Path, rows: list[dict], row: dict) -> None:
 
 
 def _rows(path: Path) -> list[dict]:
-    return pd.read_csv(path).to_dict("records") if path.is_file() else []
+    return pd.read_csv(path, dtype={"pattern_bits": str}).to_dict("records") if path.is_file() else []
 
 
 def all_ones(model) -> list[int]:
@@ -166,15 +167,28 @@ def _setting(images: int, input_size: int) -> str:
     return f"{images // 1000}k-{input_size}px" if images % 1000 == 0 else f"{images}-{input_size}px"
 
 
+def _run_base_trained_as(ch: Chapter, epochs: int, lr: float, warmup_epochs: float) -> bool:
+    """Whether the run's base network was trained here for `epochs` at `lr` with that warm-up (not
+    adopted)."""
+    if not ch.layout.base_checkpoint.is_file():
+        return False
+    saved = torch.load(ch.layout.base_checkpoint, map_location="cpu", weights_only=False)
+    config = saved.get("config") or {}
+    return (config.get("epochs") == epochs and config.get("lr") == lr and config.get("warmup_epochs") == warmup_epochs
+            and saved.get("epoch") == epochs - 1)
+
+
 def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int], base_epochs: int,
-                finetune_epochs: int, base_lr: float, finetune_lr: float) -> Observation:
+                finetune_epochs: int, base_lr: float, finetune_lr: float, warmup_epochs: float = 1.0) -> Observation:
     """The paper's core comparison, per seed (observation.csv, row by row): a network trained with
     its activations for `base_epochs` on `train_images` training images (None: the chapter's own),
     then stripped of the activations `pattern` removes and finetuned for `finetune_epochs`
     (after_training), against the stripped network trained from scratch for as many epochs in all
     (from_scratch). Each seed draws its own initialization, data order and augmentation; the
     training images are the same for every seed. Every top-1 is on the chapter's whole test set.
-    Where the setting is the run's own (same images, seed and epochs), the run's base is reused.
+    The trainings from scratch warm up for `warmup_epochs` (on a few thousand images an epoch is a
+    few dozen steps). Where the setting is the run's own (same images, seed, epochs and learning
+    rate), the run's base is reused.
 
     `pattern` is a name of ds.PATTERNS or a 0/1 list, one entry per switch."""
     model = build_model(ch.backbone, ch.num_classes, ch.input_size)
@@ -186,7 +200,6 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = _rows(path)
     done = {(r["arm"], r["seed"]) for r in rows}
-    run_base = pd.read_csv(ch.layout.base_metrics) if ch.layout.base_metrics.is_file() else None
     epochs = {"with_activations": base_epochs, "after_training": base_epochs + finetune_epochs,
               "from_scratch": base_epochs + finetune_epochs}
 
@@ -202,13 +215,14 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
             continue
         train_loader, _ = loaders(data, ch.train_loader.batch_size, ch.device, seed)
         out = ch.layout.observation_dir(setting, seed)
-        reuse = (train_images is None and seed == ch.seed and run_base is not None and len(run_base) == base_epochs
-                 and "source" not in run_base)
+        reuse = train_images is None and seed == ch.seed and _run_base_trained_as(ch, base_epochs, base_lr,
+                                                                                  warmup_epochs)
         base_ckpt = ch.layout.base_checkpoint if reuse else out / "with_activations" / "checkpoint.pt"
         if not reuse:
             torch.manual_seed(seed)
             with_acts = build_model(ch.backbone, ch.num_classes, ch.input_size)
-            train(with_acts, train_loader, None, TrainConfig(epochs=base_epochs, lr=base_lr, seed=seed),
+            train(with_acts, train_loader, None, TrainConfig(epochs=base_epochs, lr=base_lr, seed=seed,
+                                                             warmup_epochs=warmup_epochs),
                   out / "with_activations", meta=net_info(with_acts), piece=ch.piece)
         if ("with_activations", seed) not in done:
             record("with_activations", seed, load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt))
@@ -221,7 +235,8 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
         if ("from_scratch", seed) not in done:
             torch.manual_seed(seed)
             scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)
-            train(scratch, train_loader, None, TrainConfig(epochs=epochs["from_scratch"], lr=base_lr, seed=seed),
+            train(scratch, train_loader, None, TrainConfig(epochs=epochs["from_scratch"], lr=base_lr, seed=seed,
+                                                           warmup_epochs=warmup_epochs),
                   out / "from_scratch", meta=net_info(scratch), piece=ch.piece)
             record("from_scratch", seed, scratch.eval())
     return Observation(pd.DataFrame(rows), bits, removed_blocks(model, bits), len(gating.searchable_switches(model)))
@@ -422,7 +437,9 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
                         lr: float) -> pd.DataFrame:
     """Every candidate pattern that removes as many blocks as a searched budget, finetuned from the
     base alike (no distillation, `epochs` at `lr`, the run's seed): top-1 right after removal and
-    finetuned (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/)."""
+    finetuned (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
+    with the same pattern as one finetuned already (e.g. a search whose latency term changed
+    nothing) gets a copy of that network: same pattern, seed and data give the same training."""
     removable = len(gating.searchable_switches(base))
     path = ch.layout.candidates_csv
     rows = _rows(path)
@@ -430,6 +447,14 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
     for budget in budgets:
         for name, pattern in candidates.items():
             if name in done or removed_blocks(base, pattern) != removable - budget:
+                continue
+            bits = "".join(map(str, pattern))
+            twin = next((r for r in rows if str(r["pattern_bits"]) == bits), None)
+            if twin is not None:   # the same pattern under another name trains the same network: copy it
+                shutil.copytree(ch.layout.candidate_dir(twin["pattern"]), ch.layout.candidate_dir(name),
+                                dirs_exist_ok=True)
+                _append(path, rows, {**twin, "pattern": name, "source": pattern_source(name)})
+                done.add(name)
                 continue
             model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern,
                                 init=ch.layout.base_checkpoint).to(ch.device)
