@@ -23,6 +23,8 @@ from ds.train import CHECKPOINT, METRICS
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
 PROFILES_FILE = REPO_ROOT / "profiles.yaml"
+RESULTS_DIR = REPO_ROOT / "data" / "results"          # tables published from runs and benchmarks
+CHECKPOINTS_DIR = REPO_ROOT / "data" / "checkpoints"  # small networks published from runs
 
 CHAPTERS = ("01_observation", "02_search", "03_finetune", "04_merge", "05_throughput")
 BOOK_CHAPTERS = "chapters"          # where a book holds the executed chapters

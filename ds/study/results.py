@@ -16,19 +16,14 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from .layout import REPO_ROOT, RunLayout
+from ds.train import load_checkpoint, save_checkpoint
+
+from .book import run_label, run_provenance
+from .layout import CHECKPOINTS_DIR, RESULTS_DIR, RunLayout
 from .steps import standing
 
-RESULTS_DIR = REPO_ROOT / "data" / "results"
-CHECKPOINTS_DIR = REPO_ROOT / "data" / "checkpoints"
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
-
-
-def run_provenance(layout: RunLayout) -> dict:
-    """The run's provenance.json (per chapter: profile, device, date, commit, torch, host)."""
-    return json.loads(layout.provenance.read_text()) if layout.provenance.is_file() else {}
 
 
 def _publish_file(source: Path, target: Path, layout: RunLayout, what: str, limit: int | None = None) -> Path | None:
@@ -40,7 +35,7 @@ def _publish_file(source: Path, target: Path, layout: RunLayout, what: str, limi
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, target)
-    record = {"what": what, "run_dir": f"runs/{layout.root.name}", "chapters": run_provenance(layout)}
+    record = {"what": what, "run_dir": run_label(layout), "chapters": run_provenance(layout)}
     target.with_name(target.name + ".provenance.json").write_text(json.dumps(record, indent=1) + "\n")
     return target
 
@@ -67,10 +62,10 @@ def publish_results(layout: RunLayout, profile: str, results_dir: Path = RESULTS
             written.append(_publish_file(source, Path(results_dir) / name, layout, what))
     target = Path(checkpoints_dir) / profile
     if layout.base_checkpoint.is_file():
-        state = torch.load(layout.base_checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(layout.base_checkpoint, ("model",))
         with tempfile.TemporaryDirectory() as tmp:   # the weights only, not the optimizer's state
             slim = Path(tmp) / "base.pt"
-            torch.save({"model": state["model"], "meta": state.get("meta"), "epoch": state.get("epoch")}, slim)
+            save_checkpoint({"model": state["model"], "meta": state.get("meta"), "epoch": state.get("epoch")}, slim)
             written.append(_publish_file(slim, target / "base.pt", layout, "the trained base network (weights)",
                                          MAX_CHECKPOINT_BYTES))
     if layout.study_csv.is_file():

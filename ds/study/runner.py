@@ -24,10 +24,11 @@ from . import book as study_book
 from .chapter import DEADLINE_ENV, PROGRESS_ENV
 from .freshness import (chapter_state, chapter_states, done_record, matches, notebook_hash, read_done,
                         recorded_fingerprint)
-from .layout import CHAPTERS, NOTEBOOKS, REPO_ROOT, RunLayout, notebook_source, relative_to_repo
+from .layout import (CHAPTERS, CHECKPOINTS_DIR, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, RunLayout, notebook_source,
+                     relative_to_repo)
 from .lock import hold
 from .profiles import ProfileError, chapter_parameters, load_profile
-from .results import CHECKPOINTS_DIR, RESULTS_DIR, publish_results
+from .results import publish_results
 
 RUNS = REPO_ROOT / "runs"
 EXIT_PAUSED = 3

@@ -28,7 +28,7 @@ from ds.bench.variants import build_variants
 from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
 from ds.provenance import resolve_device
-from ds.train import TrainConfig, build_model, evaluate, fit, save_checkpoint
+from ds.train import METRICS, TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
 
 from .chapter import Chapter, epoch_log, load_model, loaders, train
 from .uncertainty import difference, test_se
@@ -172,7 +172,7 @@ def _run_base_trained_as(ch: Chapter, epochs: int, lr: float, warmup_epochs: flo
     adopted)."""
     if not ch.layout.base_checkpoint.is_file():
         return False
-    saved = torch.load(ch.layout.base_checkpoint, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(ch.layout.base_checkpoint)
     config = saved.get("config") or {}
     return (config.get("epochs") == epochs and config.get("lr") == lr and config.get("warmup_epochs") == warmup_epochs
             and saved.get("epoch") == epochs - 1)
@@ -465,7 +465,7 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
             _append(path, rows, {"pattern": name, "source": pattern_source(name), "budget": budget,
                                  "removed_blocks": removable - budget, "epochs": epochs, "top1_removed": before,
                                  "top1": metrics["test_acc"].iloc[-1], "test_images": len(ch.data.test_labels),
-                                 "pattern_bits": "".join(map(str, pattern))})
+                                 "pattern_bits": bits})
             done.add(name)
     return pd.DataFrame(rows)
 
@@ -630,7 +630,7 @@ def finetune_summary(results: pd.DataFrame) -> pd.DataFrame:
 def finetune_curves(ch: Chapter, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """{'<pattern>, distilled' or '<pattern>, plain': its per-epoch metrics} for every finetune."""
     return {f"{row.pattern}, {'distilled' if row.distill else 'plain'}":
-            pd.read_csv(ch.layout.finetune_dir(row.pattern, bool(row.distill)) / "metrics.csv")
+            pd.read_csv(ch.layout.finetune_dir(row.pattern, bool(row.distill)) / METRICS)
             for row in results.itertuples()}
 
 
