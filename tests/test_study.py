@@ -208,3 +208,17 @@ def test_the_standing_network_of_a_pattern_prefers_its_distilled_finetune():
                           "finetune": ["base", "candidate", "distill", "plain", "candidate"]})
     assert standing(merge)[["pattern", "finetune"]].values.tolist() == [["base", "base"], ["a", "distill"],
                                                                         ["b", "candidate"]]
+
+
+def test_candidate_reading_ranks_every_searched_pattern_and_weighs_the_latency_term():
+    from ds.study.steps import candidate_reading
+    rows = [("searched-k6", "searched", 70.0, 1.2, "0011"), ("searched-k6@openvino", "searched", 75.0, 1.5, "1001"),
+            ("sensitivity-k6", "sensitivity", 76.0, 1.3, "0101"), ("DS-E", "paper", 72.0, 1.6, "1100"),
+            ("random-k6-1", "random", 71.0, 1.2, "0110"), ("random-k6-2", "random", 73.0, 1.3, "1010")]
+    table = pd.DataFrame([{"pattern": p, "source": s, "removed_blocks": 11, "top1": t, "speedup": v,
+                           "pattern_bits": b, "test_images": 10_000} for p, s, t, v, b in rows])
+    text = candidate_reading(table)
+    assert "`searched-k6@openvino`, reaches 75.00%" in text and "ranks 2 of 6" in text
+    assert "`searched-k6` 70.00%, rank 6" in text                      # the worse search is not hidden
+    assert "random 72.00% (mean of 2, 71.00 to 73.00)" in text and "paper 72.00%" in text
+    assert "runs at 1.25x the speed of `searched-k6` with +5.00 points" in text

@@ -534,10 +534,14 @@ def candidate_reading(table: pd.DataFrame) -> str:
                 others = by_source[source]["top1"]
                 parts.append(f"{source} {others.mean():.2f}%" + (f" (mean of {len(others)}, {others.min():.2f} to "
                                                                  f"{others.max():.2f})" if len(others) > 1 else ""))
-        rank = int((group["top1"] > best["top1"]).sum()) + 1
+        def rank(top1: float) -> int:
+            return int((group["top1"] > top1).sum()) + 1
+
+        rest = "".join(f"; `{row['pattern']}` {row['top1']:.2f}%, rank {rank(row['top1'])}"
+                       for _, row in searched.sort_values("top1", ascending=False).iloc[1:].iterrows())
         lines.append(f"- **{removed} blocks removed.** The best searched pattern, `{best['pattern']}`, reaches "
-                     f"{best['top1']:.2f}% (+- {se:.2f}, the test set's standard error) and ranks {rank} of "
-                     f"{len(group)}; " + ", ".join(parts) + ". Differences under about "
+                     f"{best['top1']:.2f}% (+- {se:.2f}, the test set's standard error) and ranks "
+                     f"{rank(best['top1'])} of {len(group)}{rest}; " + ", ".join(parts) + ". Differences under about "
                      f"{2 * 2 ** 0.5 * se:.1f} points (two standard errors of a difference) are within the test "
                      f"set's noise." + _latency_term_sentence(group))
     return "\n".join(lines)
