@@ -13,7 +13,8 @@ per-epoch `seconds` are wall time: where the machine was shared (the sweep pause
 ran, or CI beside it) they are not training speed; take that from undisturbed epochs.
 
 Stage 1 narrows the recipe on a cheap proxy (4 epochs: each schedule warms up and decays to zero);
-stage 2 trains the stage-1 winner for the epoch budgets the profile can afford.
+stage 2 trains the stage-1 winner for the epoch budgets the profile can afford; stage 3 measures
+what a longer schedule than the profile affords would reach.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ STAGES = {
     },
     2: {   # the epoch budget: what the default recipe reaches in 20 epochs (the curve, every epoch)
         "s2-lr0.2-e20": {"epochs": 20},
+    },
+    3: {   # would a longer schedule pass 85%? The cpu profile's base recipe (lr 0.4) for 40 epochs instead of
+           # 25, with ds.create_model's N(0, 0.01) classifier (stages 1-2 ran with timm's initialization)
+        "s3-lr0.4-e40": {"epochs": 40, "lr": 0.4},
     },
 }
 

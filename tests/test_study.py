@@ -72,6 +72,13 @@ def test_recipe_page_is_generated_from_the_sweep_and_says_whether_the_target_was
     assert "No run of the `cpu` profile is published yet" in page
     curve = pd.DataFrame({"epoch": [1, 2], "train_acc": [80.0, 88.0], "test_acc": [84.0, 85.5], "seconds": [99, 98]})
     assert "**85.50%**" in book.recipe_page(sweep, curve) and "It meets the 85% target." in book.recipe_page(sweep, curve)
+    assert "Why not 85%" not in book.recipe_page(sweep, curve)
+    short = pd.DataFrame({"epoch": [1, 2, 3], "train_acc": [70.0, 80.0, 86.0], "test_acc": [70.0, 80.0, 84.2],
+                          "seconds": [99, 98, 97]})
+    why = book.recipe_page(sweep, short)
+    assert "ends only 1.8 points above its test top-1" in why and "differ by +0.20 points, within" in why
+    longer = curve.assign(test_acc=[80.0, 83.0])                  # 2 epochs: the sweep's 3-epoch run is longer
+    assert "3-epoch run `a` reaches 84.00%, +1.00 points over this run (within" in book.recipe_page(sweep, longer)
     assert (BOOK / "recipe.md").read_text() == book.recipe_page(*book.recipe_inputs()), \
         "book/recipe.md is stale: run python -m ds.study pages"
 
@@ -222,3 +229,28 @@ def test_candidate_reading_ranks_every_searched_pattern_and_weighs_the_latency_t
     assert "`searched-k6` 70.00%, rank 6" in text                      # the worse search is not hidden
     assert "random 72.00% (mean of 2, 71.00 to 73.00)" in text and "paper 72.00%" in text
     assert "runs at 1.25x the speed of `searched-k6` with +5.00 points" in text
+
+
+def test_the_published_networks_load_and_classify():
+    """data/checkpoints/cpu: the base (84.28% on all 10,000 test images) and the merged searched
+    network (79.39%) load as documented and still classify 1,000 test images about as well."""
+    import json
+
+    import torch
+
+    from ds import data as ds_data
+    from ds.study.chapter import load_model, loaders
+    from ds.study.layout import CHECKPOINTS_DIR
+    from ds.train import evaluate
+    folder = CHECKPOINTS_DIR / "cpu"
+    merged_path = next(folder.glob("*-merged.pt"))
+    for path in (folder / "base.pt", merged_path):
+        record = json.loads(path.with_name(path.name + ".provenance.json").read_text())
+        assert record["chapters"]["01_observation"]["profile"] == "cpu"
+    data = ds_data.prepare("auto", None, 32, 1, 1000)
+    if data.name != "cifar10":
+        pytest.skip("CIFAR-10 is not here: the published networks are checked on it only")
+    _, test = loaders(data, 250, torch.device("cpu"))
+    base = load_model("mobilenetv2_035", 10, 32, folder / "base.pt")
+    merged = torch.load(merged_path, weights_only=False)
+    assert evaluate(base, test)["acc"] > 80 and evaluate(merged, test)["acc"] > 74

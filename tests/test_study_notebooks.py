@@ -160,3 +160,22 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
                  and (str(REPO_ROOT).encode() in p.read_bytes() or str(tmp_path).encode() in p.read_bytes())]
     assert not offenders, f"published files holding a machine path: {offenders}"
     assert not list(tmp_path.glob(".book-publish-*"))        # the staging directory is gone
+
+
+def test_a_run_adopts_the_published_base_network(tmp_path):
+    """A reader reruns the study from the committed base (data/checkpoints/cpu/base.pt): chapter 1
+    evaluates and keeps it instead of training one, and the later chapters start from it."""
+    from ds import data as ds_data
+    from ds.study.layout import CHECKPOINTS_DIR
+    from ds.study.profiles import PROFILES_FILE
+    published = CHECKPOINTS_DIR / "cpu" / "base.pt"
+    assert published.is_file(), "the cpu run's base network is published with the repository"
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES_FILE.read_text() + f"\nfrom-base: {{extends: tiny, input_size: 32, "
+                        f"base_checkpoint: '{published}'}}\n")
+    run_dir = run_study("from-base", profiles_file=profiles, run_root=tmp_path, book=False,
+                        chapters=["01_observation"])
+    metrics = pd.read_csv(run_dir / "base" / "metrics.csv")
+    assert metrics["source"].iloc[0] == str(published) and len(metrics) == 1
+    if ds_data.prepare("auto", None, 32, 1, 1).name == "cifar10":   # the published 84.28% on 10,000 images
+        assert metrics["test_acc"].iloc[0] > 70
