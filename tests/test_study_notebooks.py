@@ -164,7 +164,7 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
 
 def test_a_run_adopts_the_published_base_network(tmp_path):
     """A reader reruns the study from the committed base (data/checkpoints/cpu/base.pt): chapter 1
-    evaluates and keeps it instead of training one, and the later chapters start from it."""
+    evaluates it and keeps it as the run's base (what chapters 2-5 load) instead of training one."""
     from ds import data as ds_data
     from ds.study.layout import CHECKPOINTS_DIR
     from ds.study.profiles import PROFILES_FILE
