@@ -341,7 +341,7 @@ def recipe_page(sweep: pd.DataFrame, profile_base: pd.DataFrame | None = None, p
         _markdown_table(table), "",
         f"**Result.** The longest run, `{best.name}`, reaches **{best['test_acc']:.2f}%** test top-1 after "
         f"{int(best['epoch'])} epochs (training accuracy {best['train_acc']:.1f}% on augmented batches), "
-        + ("meeting the 85% target; its settings are the `cpu` profile's base." if curve.iloc[-1] >= TARGET_TOP1
+        + ("meeting the 85% target." if curve.iloc[-1] >= TARGET_TOP1
            else _shortfall(curve) + ".")
         + " One seed per configuration: the test set's "
         "standard error at 70-85% top-1 is 0.36-0.46 points, so differences of about a point between the "
