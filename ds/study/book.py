@@ -25,7 +25,7 @@ from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, RECIPE_PAGE, R
 from .profiles import chapter_parameters, load_profile, read_profiles
 from .steps import (candidate_reading, candidate_table, distill_reading, observation_reading,
                     throughput_reading)
-from .uncertainty import test_se
+from .uncertainty import difference, test_se
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 
@@ -378,10 +378,10 @@ def _why_short(curve: pd.DataFrame, sweep_best: pd.Series) -> str:
     """Why the published base misses the target, from its curve and the sweep's best long run (a
     longer schedule than the profile's, once the sweep has one)."""
     final = curve.iloc[-1]
-    apart = sweep_best["test_acc"] - final["test_acc"]
-    noise = 2 * 2 ** 0.5 * test_se(final["test_acc"], 10_000)
+    gap = difference(pd.Series([sweep_best["test_acc"]]), pd.Series([final["test_acc"]]), 10_000)
+    apart, noise = gap.value, 2 * gap.se
     per_epoch = curve["seconds"].median()
-    within = "within" if abs(apart) < noise else "beyond"
+    within = "within" if gap.verdict == "not separated" else "beyond"
     text = (f"**Why not 85%.** The network does not overfit: its training accuracy on augmented batches ends only "
             f"{final['train_acc'] - final['test_acc']:.1f} points above its test top-1, so the lever to try is more "
             f"training or a wider network rather than more regularization. Neither fits: the base already takes "
