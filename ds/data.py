@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -31,7 +30,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from .provenance import REPO_ROOT
+from .provenance import REPO_ROOT, file_sha256
 
 CIFAR10_ARCHIVE = "cifar10-jpeg.tar.xz"
 # sha256 of the archive shipped in data/ (data/README.md); an archive of your own: write its sha256
@@ -201,13 +200,43 @@ def _decode_cifar10_archive(archive: Path, root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+# What torchvision's CIFAR batch files may name: the functions and classes that rebuild numpy
+# arrays (the images) and numpy scalars (labels written from numpy), and nothing else; their
+# labels and file names are otherwise lists, ints and bytes.
+_CIFAR_PICKLE_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                         for name in ("_reconstruct", "scalar")} | \
+                        {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | \
+                        {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler for data files: it rebuilds numpy arrays and plain containers and refuses any
+    other object a pickle names, so reading a hostile file runs none of its code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch file never holds "
+                                     f"(only numpy arrays, lists and bytes); it was not read")
+
+
+def read_data_pickle(path: Path):
+    """The contents of a pickled data file (torchvision's CIFAR batches), read with `_ArrayUnpickler`;
+    arrays of Python objects are refused too (they are not data)."""
+    with open(path, "rb") as f:
+        content = _ArrayUnpickler(f, encoding="bytes").load()
+    values = content.values() if isinstance(content, dict) else [content]
+    if any(isinstance(v, np.ndarray) and v.dtype.hasobject for v in values):
+        raise pickle.UnpicklingError("it holds an array of Python objects, not numbers")
+    return content
+
+
 def _read_pickled_batches(folder: Path, files: dict[str, list[str]], label_key: bytes) -> dict[str, np.ndarray]:
     arrays = {}
     for split, names in files.items():
         images, labels = [], []
         for name in names:
-            with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            batch = read_data_pickle(folder / name)
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
         arrays[f"{split}_images"] = np.ascontiguousarray(np.concatenate(images))
@@ -229,14 +258,6 @@ def _read_torchvision_cifar(folder: Path, root: Path, dataset: str, layouts: lis
         return _read_pickled_batches(folder, files, label_key)
     except (pickle.UnpicklingError, KeyError, ValueError, EOFError, OSError) as err:
         raise _missing(dataset, root, layouts, f"{folder.name}/ cannot be read ({type(err).__name__}: {err})") from err
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _expected_sha256(archive: Path) -> str:
@@ -269,7 +290,7 @@ def verify_archive(archive: Path) -> str:
                 return expected
         except (OSError, ValueError):
             continue   # no stamp or an unreadable one: hash the archive
-    actual = _sha256(archive)
+    actual = file_sha256(archive)
     if actual != expected:
         raise DataError(
             f"{archive} is corrupt or not the expected file: its sha256 is {actual}, expected {expected}.\n"
@@ -357,8 +378,7 @@ def load_cifar100(root: str | os.PathLike | None = None, download: bool = False)
         raise _missing("CIFAR-100", root, _CIFAR100_LAYOUTS)
     classes = tuple(f"class_{i}" for i in range(100))
     try:
-        with open(folder / "meta", "rb") as f:
-            classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"])
+        classes = tuple(n.decode() for n in read_data_pickle(folder / "meta")[b"fine_label_names"])
     except (OSError, KeyError, pickle.UnpicklingError, EOFError) as err:
         warnings.warn(f"CIFAR-100 class names cannot be read from {folder / 'meta'} ({type(err).__name__}: {err}); "
                       f"using class_0..class_99", stacklevel=2)

@@ -65,7 +65,7 @@ def merge(model: nn.Module, *, merge_depthwise_separable: bool = False, verify: 
         for op in unit.ops:
             _fold_into_conv(get_module(merged, op.conv), get_module(merged, op.norm))
             set_module(merged, op.norm, _activation_of(get_module(merged, op.norm)))
-    set_info(merged, info(model), merged=True)
+    set_info(merged, info(model), merged=True, merge_depthwise_separable=merge_depthwise_separable)
     if verify:
         errors = _check_equal(model, merged, input_size or info(model).input_size or 224, tolerance,
                               merge_depthwise_separable, dtype)

@@ -20,6 +20,7 @@ class NetInfo:
     pattern: tuple[int, ...] | None = None           # 0/1 per switch; None for the unshrunk network
     final_act: bool = True               # apply_pattern's final_act
     merged: bool = False                 # True once ds.merge has folded and composed it
+    merge_depthwise_separable: bool = False  # ds.merge's option of that name (with merged)
     merge_max_abs: float | None = None   # ds.merge's check against the network it replaces
     merge_max_rel: float | None = None   # (None when merged with verify=False)
 

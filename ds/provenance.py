@@ -5,6 +5,7 @@ One helper per question, used by the benchmarks, the training CLI and the study 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -100,6 +101,15 @@ def git_commit(path: str | Path = REPO_ROOT) -> dict:
     if commit is None and os.environ.get("DS_GIT_COMMIT"):
         commit = os.environ["DS_GIT_COMMIT"].strip()
     return {"commit": commit, "short": commit[:7] if commit else None, "dirty": dirty}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def utc_now() -> str:

@@ -238,8 +238,9 @@ def test_the_published_networks_load_and_classify():
 
     import torch
 
+    import ds
     from ds import data as ds_data
-    from ds.study.chapter import load_model, loaders
+    from ds.study.chapter import loaders
     from ds.study.layout import CHECKPOINTS_DIR
     from ds.train import evaluate
     folder = CHECKPOINTS_DIR / "cpu"
@@ -251,6 +252,9 @@ def test_the_published_networks_load_and_classify():
     if data.name != "cifar10":
         pytest.skip("CIFAR-10 is not here: the published networks are checked on it only")
     _, test = loaders(data, 250, torch.device("cpu"))
-    base = load_model("mobilenetv2_035", 10, 32, folder / "base.pt")
-    merged = torch.load(merged_path, weights_only=False)
+    base, merged = ds.load_network(folder / "base.pt"), ds.load_network(merged_path)
+    assert not ds.meta.info(base).merged and ds.meta.info(merged).merged
+    for path in (folder / "base.pt", merged_path):      # the published bytes are the recorded ones
+        record = json.loads(path.with_name(path.name + ".provenance.json").read_text())
+        assert record["sha256"] == ds.provenance.file_sha256(path)
     assert evaluate(base, test)["acc"] > 80 and evaluate(merged, test)["acc"] > 74

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+import ds
 from ds.study.book import NotPublishable
+from ds.train import load_checkpoint
 from ds.study.layout import BOOK, CHAPTERS, REPO_ROOT, RunLayout
 from ds.study.runner import ChapterFailed, publish, run_study
 
@@ -149,10 +151,11 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
     assert {"after_training", "from_scratch"} <= set(observation["arm"])
     record = json.loads((tmp_path / "results" / "study_pub.csv.provenance.json").read_text())
     assert record["chapters"]["05_throughput"]["profile"] == "tiny"
-    base = torch.load(tmp_path / "checkpoints" / "pub" / "base.pt", weights_only=False)
+    base = load_checkpoint(tmp_path / "checkpoints" / "pub" / "base.pt")
     assert set(base) == {"model", "meta", "epoch"}                   # weights, not the optimizer's state
     merged = list((tmp_path / "checkpoints" / "pub").glob("searched-*-merged.pt"))
-    assert len(merged) == 1 and (merged[0].parent / (merged[0].name + ".provenance.json")).is_file()
+    assert len(merged) == 1 and ds.meta.info(ds.load_network(merged[0])).merged   # sha256 checked on load
+    assert json.loads((merged[0].parent / (merged[0].name + ".provenance.json")).read_text())["sha256"]
     assert (book / "_build" / "html" / "chapters" / "04_merge.html").is_file()
     results = (book / "results.md").read_text()
     assert "profile **tiny**" in results and "commit" in results and "chapters run" in results

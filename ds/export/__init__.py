@@ -1,7 +1,7 @@
 """A trained network, merged, as files a deployment runtime loads on its own: ONNX and OpenVINO IR.
 
     ds.export.export(model, "out/", input_size=224)     merge (if needed), write, check every file
-    ds.export.load_checkpoint_network("runs/x/checkpoint.pt")   the network a ds.train checkpoint holds
+    ds.load_network("runs/x/checkpoint.pt")             any network file ds wrote (base, shrunk, merged)
     python -m ds.export --checkpoint runs/x/checkpoint.pt --out out/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out out/   (random weights)
 
@@ -29,11 +29,9 @@ import torch
 from torch import nn
 
 from ds.cost import image_size
-from ds.shrink import apply_pattern
 from ds.merging import MERGE_TOLERANCE, merge
 from ds.meta import info
 from ds.provenance import utc_now, versions
-from ds.train import build_model, load_weights, model_state
 
 # float32: the runtimes reorder sums like torch's own kernels do, so the merge's float32 bound
 # holds. bf16 keeps 8 significant bits and the error grows over ~20 layers: merged
@@ -63,29 +61,6 @@ def _require(module: str, extra: str = "runtimes"):
 
 
 # ---------------------------------------------------------------- the networks
-
-def load_checkpoint_network(path) -> nn.Module:
-    """The network a `ds.train` checkpoint holds, base or shrunk, with its trained weights.
-
-    The checkpoint's "meta" names backbone, num_classes, input_size and pattern (None or all
-    ones for the base network); its "model" is the state_dict. An optional "final_act" in meta
-    is honoured (default True, the paper's setting).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"--checkpoint {path}: no such file; pass a checkpoint.pt written by ds.train")
-    state, meta = model_state(path)
-    missing = [k for k in ("backbone", "num_classes", "input_size") if meta.get(k) is None]
-    if missing:
-        raise ExportError(f"{path} has no {', '.join(missing)} in its 'meta': it was not written by "
-                          "ds.train; export it from Python with ds.export.export(model, ...) instead")
-    model = build_model(meta["backbone"], meta["num_classes"], meta["input_size"])
-    pattern = meta.get("pattern")
-    if pattern is not None and any(int(b) == 0 for b in pattern):
-        model = apply_pattern(model, list(pattern), final_act=meta.get("final_act", True))
-    load_weights(model, state, str(path), meta)
-    return model.eval()
-
 
 def merged_network(model: nn.Module, input_size=None, merge_depthwise_separable: bool = False) -> nn.Module:
     """`model` itself when ds.merge made it, else its merged (BN-folded, verified) form."""

@@ -1,6 +1,7 @@
-"""python -m ds.export: a trained checkpoint (or a random-weight network) -> merged -> ONNX + OpenVINO IR.
+"""python -m ds.export: a network file (or a random-weight network) -> merged -> ONNX + OpenVINO IR.
 
     python -m ds.export --checkpoint runs/finetune-k8/checkpoint.pt --out exported/
+    python -m ds.export --checkpoint data/checkpoints/cpu/searched-k11@openvino-merged.pt --out exported/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out exported/
 
 Each file is checked in its runtime against the torch network it came from (max relative
@@ -10,21 +11,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 import ds
 from ds.errors import PatternError, UnsupportedModelError
-from ds.train import CheckpointMismatch
+from ds.networks import load_network
+from ds.train import CheckpointError
 
-from . import FORMATS, ExportError, export, load_checkpoint_network
+from . import FORMATS, ExportError, export
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ds.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint.pt written by python -m ds.train (base or shrunk)")
+    source.add_argument("--checkpoint", help="a network file ds wrote: a checkpoint.pt of python -m ds.train (base or "
+                                             "shrunk), or a base or merged network of the study (data/checkpoints/)")
     source.add_argument("--model", help="a backbone name: export a random-weight network (for tests and timing)")
     p.add_argument("--pattern", help="with --model: a pattern name (DS-E) or 0/1 list (1,0,1,...); default: the base")
     p.add_argument("--no-final-act", action="store_true",
@@ -44,7 +48,10 @@ def build(args):
     if args.checkpoint:
         if args.pattern or args.no_final_act:
             raise ExportError("--pattern and --no-final-act go with --model; a checkpoint carries its own pattern")
-        return load_checkpoint_network(args.checkpoint)
+        if not Path(args.checkpoint).is_file():
+            raise ExportError(f"--checkpoint {args.checkpoint}: no such file; pass a network file ds wrote "
+                              f"(a checkpoint.pt of ds.train, or a file in data/checkpoints/)")
+        return load_network(args.checkpoint)
     if args.input is None:
         raise ExportError("--model needs --input (the resolution to build and export at)")
     torch.manual_seed(args.seed)
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         result = export(model, args.out, args.input, name=args.name, formats=formats,
                         merge_depthwise_separable=args.merge_depthwise_separable)
-    except (ExportError, UnsupportedModelError, PatternError, CheckpointMismatch) as e:
+    except (ExportError, UnsupportedModelError, PatternError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for fmt, path in result.files.items():

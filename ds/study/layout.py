@@ -31,6 +31,7 @@ BOOK_CHAPTERS = "chapters"          # where a book holds the executed chapters
 RESULTS_PAGE = "results.md"         # the page generated from a run's tables
 REPRODUCE_PAGE = "reproduce.md"     # the page generated from profiles.yaml
 RECIPE_PAGE = "recipe.md"           # the page generated from the training-recipe sweep
+GPU_PAGES = "gpu"                   # where a book holds the published GPU studies (gpu/<profile>_<gpu>/)
 # What a book is made of besides its chapters and generated pages (copied from book/).
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "adapt.md", "deviations.md", "images", "_ext")
 
@@ -165,7 +166,7 @@ class RunLayout:
         return self.chapter_dir("04_merge") / "merge.csv"
 
     def merged_network(self, pattern: str, finetune: str) -> Path:
-        """A merged network saved whole (torch.save of the module, with its ds.meta record);
+        """A merged network as a network file (ds.save_network: its weights and ds.meta record);
         `finetune` as in `finetuned_checkpoint` (ignored for the base)."""
         kind = "base" if pattern == "base" else f"{pattern}-{finetune}"
         return self.chapter_dir("04_merge") / "networks" / f"{kind}.pt"

@@ -1,12 +1,16 @@
 """What publishing a run leaves outside the book: its tables in data/results/ and, when small
 enough, its base network and merged searched network in data/checkpoints/, each with the run's
-provenance beside it (profile, commit, dates, device) so a number can always be traced to its run.
+provenance beside it (profile, commit, dates, device, and the file's sha256, which every reader
+checks) so a number can always be traced to its run.
 
     data/results/study_<profile>.csv          one row per network (chapter 5's study.csv)
     data/results/observation_<profile>.csv    one row per arm and seed (chapter 1's observation.csv)
     data/results/base_metrics_<profile>.csv   the base network's training curve (chapter 1)
-    data/checkpoints/<profile>/base.pt        the trained base: build_model(..., init=this file)
-    data/checkpoints/<profile>/<pattern>-merged.pt   the merged searched network (torch.load, whole module)
+    data/checkpoints/<profile>/base.pt        the trained base: ds.load_network(this file), or build_model(..., init=it)
+    data/checkpoints/<profile>/<pattern>-merged.pt   the merged searched network: ds.load_network(this file)
+
+The networks are network files (ds.networks): weights and the NetInfo that rebuilds the module,
+data only.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ds.provenance import file_sha256
 from ds.train import load_checkpoint, save_checkpoint
+from ds.train.checkpoint import provenance_path
 
 from .book import run_label, run_provenance
 from .layout import CHECKPOINTS_DIR, RESULTS_DIR, RunLayout
@@ -35,8 +41,9 @@ def _publish_file(source: Path, target: Path, layout: RunLayout, what: str, limi
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, target)
-    record = {"what": what, "run_dir": run_label(layout), "chapters": run_provenance(layout)}
-    target.with_name(target.name + ".provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+    record = {"what": what, "run_dir": run_label(layout), "chapters": run_provenance(layout),
+              "sha256": file_sha256(target)}
+    provenance_path(target).write_text(json.dumps(record, indent=1) + "\n")
     return target
 
 

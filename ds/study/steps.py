@@ -26,6 +26,7 @@ from ds.bench.runtimes import unsupported
 from ds.bench.settings import all_cores
 from ds.bench.variants import build_variants
 from ds.meta import info as net_info
+from ds.networks import load_network, save_network
 from ds.patterns import resolve_pattern
 from ds.provenance import resolve_device
 from ds.train import METRICS, TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
@@ -673,19 +674,6 @@ def finetuned_networks(ch: Chapter):
 
 
 # ---------------------------------------------------------------- chapter 4
-
-def save_network(model, path: Path) -> None:
-    """Save a whole (merged) network, its ds.meta record included; written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model, tmp)
-    os.replace(tmp, path)
-
-
-def load_network(path: Path):
-    """A network `save_network` wrote (it is a whole pickled module: load only your own runs' files)."""
-    return torch.load(path, map_location="cpu", weights_only=False).eval()
-
 
 @dataclass
 class Merged:

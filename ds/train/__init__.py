@@ -7,8 +7,8 @@ adds, e.g. the gate search of ds.gating), ema, optim (param groups, schedule), r
 (base/shrunk networks and teachers from checkpoints). The library never imports ds.gating.
 """
 from .build import build_model, build_teacher, load_base_weights
-from .checkpoint import (CHECKPOINT, CheckpointError, CheckpointMismatch, CorruptCheckpoint, check_weights,
-                         load_checkpoint, load_weights, model_state, save_checkpoint)
+from .checkpoint import (CHECKPOINT, CheckpointError, CheckpointMismatch, CorruptCheckpoint, UnsafeCheckpoint,
+                         check_weights, load_checkpoint, load_weights, model_state, save_checkpoint)
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, amp_dtype
 from .ema import ModelEma
 from .evaluate import evaluate
@@ -21,7 +21,8 @@ from .rng import rng_state, seed_everything, set_rng_state
 __all__ = [
     "CHECKPOINT", "METRICS", "TrainConfig", "MAY_CHANGE_ON_RESUME", "fit", "FitResult", "FitHooks", "evaluate",
     "build_model", "build_teacher", "load_base_weights", "save_checkpoint", "load_checkpoint", "model_state",
-    "load_weights", "check_weights", "CheckpointError", "CheckpointMismatch", "CorruptCheckpoint", "ResumeMismatch",
+    "load_weights", "check_weights", "CheckpointError", "CheckpointMismatch", "CorruptCheckpoint",
+    "UnsafeCheckpoint", "ResumeMismatch",
     "NonFiniteLoss", "ModelEma", "param_groups", "warmup_cosine", "amp_dtype", "rng_state", "set_rng_state",
     "seed_everything",
 ]
