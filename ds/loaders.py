@@ -10,6 +10,7 @@ Under DDP each rank takes its shard; `batch_size` is the global batch (split ove
 """
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -54,6 +55,20 @@ class DeviceLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def subset(self, indices, *, train: bool | None = None) -> "DeviceLoader":
+        """A loader over the samples `indices` (positions in this loader's data) with the same device,
+        batch size, normalization, seed, augmentation settings and rank; `train` as given (default:
+        this loader's). This loader is not changed; its epoch is not carried over."""
+        picked = copy.copy(self)
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64)).to(self.device)
+        picked.images, picked.labels = self.images[index], self.labels[index]
+        picked.train = self.train if train is None else bool(train)
+        picked.epoch = 0
+        if picked.train and picked._shard_size() < picked.batch_size:
+            raise ValueError(f"{len(picked.labels)} training images give each of {self.world_size} processes "
+                             f"fewer than one batch of {self.batch_size}; lower the batch size or use more images")
+        return picked
 
     def _shard_size(self) -> int:
         n = len(self.labels)

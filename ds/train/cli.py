@@ -5,6 +5,10 @@ The three stages (CIFAR-10 from $DS_DATA, CIFAR strides for inputs of 64 px or l
   search:    python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 20 --lr 0.01
                --init runs/base/checkpoint.pt --search-budget 8 --out runs/search
                (writes gates.csv and patterns.json)
+  DP search: the same with --search-method dp [--dp-steps 50 --dp-holdout 2000]: per block, a short
+               finetune with only it linearized, measured on held-out training images (importance.csv),
+               then an exact DP (ds.dpsearch; patterns.json with dp-k<K>, frontier.csv with
+               --latency-table); --epochs is not used, each entry being --dp-steps batches
   finetune:  python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 100 --lr 0.01
                --pattern runs/search/patterns.json:searched-k8 --init runs/base/checkpoint.pt
                --teacher runs/base/checkpoint.pt --out runs/ds-k8   (self-distillation)
@@ -28,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ds import data, ddp, gating, loaders
+from ds import data, ddp, dpsearch, gating, loaders
 from ds.data import DataError
 from ds.errors import DeviceError, PatternError, UnsupportedModelError
 from ds.models import create_model
@@ -46,7 +50,7 @@ PROG = "python -m ds.train"
 # Arguments that change how a run is executed or where its input lives, not its numbers.
 MAY_CHANGE_ON_RESUME = ("threads", "no_progress", "stop_after_epoch", "data_dir", "download", "out",
                         "resume", "restart")
-RUN_FILES = (CHECKPOINT, METRICS, "gates.csv", "patterns.json")
+RUN_FILES = (CHECKPOINT, METRICS, "gates.csv") + dpsearch.OUTPUT_FILES
 
 
 class OutputError(RuntimeError):
@@ -105,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="checkpoint of the teacher (the original network): enables self-distillation")
     p.add_argument("--distill-alpha", type=fraction, default=0.7)
     p.add_argument("--distill-temperature", type=positive, default=1.0)
-    p.add_argument("--search-budget", type=count, help="run the gate search: K blocks keep their activations")
+    p.add_argument("--search-budget", type=count, help="run a search (--search-method): K blocks keep their activations")
+    p.add_argument("--search-method", choices=dpsearch.SEARCH_METHODS,
+                   help="with --search-budget: gate (default; ds.gating) or dp (ds.dpsearch)")
+    p.add_argument("--dp-steps", type=count,
+                   help=f"dp: finetuning batches per block (default {dpsearch.DEFAULT_STEPS}; 0: none)")
+    p.add_argument("--dp-holdout", type=positive_int,
+                   help=f"dp: training images held out to measure each block on (default {dpsearch.DEFAULT_HOLDOUT})")
     p.add_argument("--gate-lr", type=positive, default=0.01)
     p.add_argument("--latency-table", help="JSON of time saved per block (see ds.gating.load_latency_table)")
     p.add_argument("--latency-weight", type=non_negative, default=0.0)
@@ -184,12 +194,14 @@ def check_writable(out: Path) -> None:
 def prepare_out(args, out: Path, dist: ddp.DistInfo) -> None:
     """Refuse to overwrite a run, to resume nothing, or to resume with other arguments; --restart
     removes the previous run's files (and says so)."""
-    path = out / CHECKPOINT
+    dp = args.search_method == "dp"
+    path = out / (dpsearch.IMPORTANCE_JSON if dp else CHECKPOINT)
     if args.resume:
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: there is no {CHECKPOINT} in {out} (looked for {path}); "
+            raise FileNotFoundError(f"--resume: there is no {path.name} in {out} (looked for {path}); "
                                     f"to start this run fresh, run the same command without --resume")
-        check_same_arguments(args, load_checkpoint(path, RESUME_KEYS), path)
+        saved = dpsearch.ImportanceTable.read(path).settings if dp else load_checkpoint(path, RESUME_KEYS)
+        check_same_arguments(args, saved, path)
     elif args.restart:
         if dist.is_main:
             removed = [name for name in RUN_FILES if (out / name).is_file()]
@@ -236,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.search_budget is not None and args.pattern:
         parser.error("--search-budget and --pattern exclude each other: search on the base network")
+    if args.search_method and args.search_budget is None:
+        parser.error("--search-method needs --search-budget K (the blocks that keep their activations)")
+    if args.search_method != "dp" and (args.dp_steps is not None or args.dp_holdout is not None):
+        parser.error("--dp-steps and --dp-holdout are for --search-method dp")
+    if args.search_method == "dp" and args.latency_weight:
+        parser.error("--latency-weight is the gate search's: the DP search takes --latency-table alone "
+                     "(it writes frontier.csv, the least-drop pattern at every saving)")
     out = Path(args.out)
     check_writable(out)
     if args.threads:
@@ -277,6 +296,18 @@ def train(args, out: Path, dist: ddp.DistInfo) -> None:
             extra=extra)
         return
     latency = gating.load_latency_table(args.latency_table) if args.latency_table else None
+    if args.search_method == "dp":
+        if dist.distributed:
+            raise ValueError("the DP search runs in one process: start it without torchrun")
+        result = dpsearch.search(model, train_loader, cfg, steps=dpsearch.DEFAULT_STEPS if args.dp_steps is None
+                                 else args.dp_steps, holdout=args.dp_holdout or dpsearch.DEFAULT_HOLDOUT,
+                                 seed=args.seed, latency=latency, teacher=teacher, out_dir=out, resume=args.resume,
+                                 progress=not args.no_progress, extra=extra)
+        print(f"importance (held-out top-1): base {result.importance.base_top1:.2f}%, finetuned reference "
+              f"{result.importance.reference_top1:.2f}%; drop per block: "
+              + ", ".join(f"{b}: {c:+.2f}" for b, c in result.costs.items()))
+        print(f"pattern for budget {args.search_budget}: {result.pattern(args.search_budget)}")
+        return
     result = gating.search(model, train_loader, test_loader, args.search_budget, cfg, out_dir=out, latency=latency,
                            latency_weight=args.latency_weight, teacher=teacher, resume=args.resume, dist=dist,
                            extra=extra)
