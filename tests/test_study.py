@@ -117,7 +117,7 @@ def test_training_pauses_at_the_piece_deadline_and_resumes(tmp_path, monkeypatch
 
 
 def test_searched_selects_the_searches_without_latency_term_or_those_of_one_runtime():
-    from ds.study.steps import select_patterns
+    from ds.study.finetune import select_patterns
     candidates = {"searched-k6": [0], "searched-k12": [1], "searched-k6@onnxruntime": [2],
                   "searched-k6@openvino": [3], "random-k6": [4]}
     assert select_patterns(candidates, ["searched"]) == {"searched-k6": [0], "searched-k12": [1]}
@@ -131,7 +131,7 @@ def test_searched_selects_the_searches_without_latency_term_or_those_of_one_runt
 
 def test_runtime_patterns_counts_changed_blocks_and_adds_up_each_runtimes_savings():
     from types import SimpleNamespace
-    from ds.study.steps import LatencyTables, runtime_pattern_reading, runtime_patterns
+    from ds.study.search import LatencyTables, runtime_pattern_reading, runtime_patterns
 
     def result(pattern):
         return SimpleNamespace(pattern=lambda budget: pattern)
@@ -160,7 +160,7 @@ def test_runtime_patterns_counts_changed_blocks_and_adds_up_each_runtimes_saving
 
 
 def test_time_share_reading_gives_the_depthwise_bound_and_the_merged_networks_split():
-    from ds.study.steps import time_share_reading
+    from ds.study.throughput import time_share_reading
     row = dict(setting="onnxruntime")
     table = pd.DataFrame([
         dict(row, pattern="base", total_ms=10.0, depthwise_share=0.25, pointwise_share=0.5, dense_kxk_share=0.05,
@@ -190,7 +190,7 @@ def test_test_set_standard_error_and_the_difference_of_two_arms():
 
 
 def test_observation_reading_states_whether_the_observation_holds():
-    from ds.study.steps import observation_reading
+    from ds.study.observation import observation_reading
     rows = [{"pattern": "DS-E", "arm": arm, "setting": "10k-32px", "seed": s, "epochs": 18, "top1": top1 + s * 0.3,
              "test_images": 10_000} for s in range(3) for arm, top1 in (("after_training", 70.0), ("from_scratch", 60.0))]
     assert "**The observation holds here**" in observation_reading(pd.DataFrame(rows))
@@ -199,7 +199,7 @@ def test_observation_reading_states_whether_the_observation_holds():
 
 
 def test_budgets_by_paper_pattern_and_the_source_of_a_pattern():
-    from ds.study.steps import pattern_source, resolve_budgets
+    from ds.study.search import pattern_source, resolve_budgets
     from ds.train import build_model
     base = build_model("mobilenetv2_035", 10, 32)
     assert resolve_budgets(base, ["DS-A", "DS-E", 4]) == [11, 6, 4]       # DS-A removes 6 of 17, DS-E 11
@@ -210,7 +210,7 @@ def test_budgets_by_paper_pattern_and_the_source_of_a_pattern():
 
 
 def test_the_standing_network_of_a_pattern_prefers_its_distilled_finetune():
-    from ds.study.steps import standing
+    from ds.study.merge import standing
     merge = pd.DataFrame({"pattern": ["base", "a", "a", "a", "b"],
                           "finetune": ["base", "candidate", "distill", "plain", "candidate"]})
     assert standing(merge)[["pattern", "finetune"]].values.tolist() == [["base", "base"], ["a", "distill"],
@@ -218,7 +218,7 @@ def test_the_standing_network_of_a_pattern_prefers_its_distilled_finetune():
 
 
 def test_candidate_reading_ranks_every_searched_pattern_and_weighs_the_latency_term():
-    from ds.study.steps import candidate_reading
+    from ds.study.search import candidate_reading
     rows = [("searched-k6", "searched", 70.0, 1.2, "0011"), ("searched-k6@openvino", "searched", 75.0, 1.5, "1001"),
             ("sensitivity-k6", "sensitivity", 76.0, 1.3, "0101"), ("DS-E", "paper", 72.0, 1.6, "1100"),
             ("random-k6-1", "random", 71.0, 1.2, "0110"), ("random-k6-2", "random", 73.0, 1.3, "1010")]

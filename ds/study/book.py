@@ -23,8 +23,10 @@ from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, RECIPE_PAGE, REPO_ROOT, REPRODUCE_PAGE,
                      RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, relative_to_repo)
 from .profiles import chapter_parameters, load_profile, read_profiles
-from .steps import (candidate_reading, candidate_table, distill_reading, observation_reading,
-                    throughput_reading)
+from .finetune import distill_reading
+from .observation import observation_reading
+from .search import candidate_reading, candidate_table
+from .throughput import throughput_reading
 from .uncertainty import difference, test_se
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from ds import data as ds_data
+from ds import gating
 from ds.loaders import DeviceLoader
+from ds.switches import switches
 from ds.provenance import describe_device, git_commit, resolve_device
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, fit, load_weights, model_state
 
@@ -250,3 +252,31 @@ def epoch_log(path: Path):
     """Send what training prints (one line per epoch) to `path` instead of the notebook."""
     with open(path, "a") as log, contextlib.redirect_stdout(log):
         yield
+
+
+# ---------------------------------------------------------------- shared by the chapters' steps
+
+def append_row(path: Path, rows: list[dict], row: dict) -> None:
+    """Add `row` to `rows` and rewrite the table at `path` (a chapter's table grows row by row)."""
+    rows.append(row)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows a chapter's table already holds (none when it is not there yet)."""
+    return pd.read_csv(path, dtype={"pattern_bits": str}).to_dict("records") if path.is_file() else []
+
+
+def all_ones(model) -> list[int]:
+    return [1] * len(switches(model))
+
+
+def removed_blocks(model, pattern) -> int:
+    """Blocks (not stem or head) whose activations `pattern` removes."""
+    return sum(1 for s in gating.searchable_switches(model) if pattern[s.index] == 0)
+
+
+def load_base(ch: Chapter):
+    """The trained base network of this run (chapter 1 makes it), on the chapter's device."""
+    path = ch.require(ch.layout.base_checkpoint, "01_observation")
+    return load_model(ch.backbone, ch.num_classes, ch.input_size, path).to(ch.device)

@@ -27,7 +27,7 @@ from ds.train.checkpoint import provenance_path
 
 from .book import run_label, run_provenance
 from .layout import CHECKPOINTS_DIR, RESULTS_DIR, RunLayout
-from .steps import standing
+from .merge import standing
 
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
 

@@ -1,0 +1,205 @@
+"""Chapter 1, the observation: the base network, what removing activations costs, and the paper's core
+comparison (removed after training vs trained linear from scratch).
+
+Each step takes the chapter's context (`study.setup`) and its parameters, writes its table to the
+run directory (row by row where a row is expensive, so an interrupted chapter resumes) and returns
+it for the notebook to show."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+import ds
+from ds import gating
+from ds.meta import info as net_info
+from ds.patterns import resolve_pattern
+from ds.train import TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
+
+from .chapter import (Chapter, all_ones, append_row, epoch_log, load_base, load_model, loaders, read_rows,
+                      removed_blocks, train)
+from .uncertainty import difference
+
+
+def train_base(ch: Chapter, epochs: int, lr: float, base_checkpoint: str | None = None) -> pd.DataFrame:
+    """Train the base network into <run_dir>/base (resuming), or adopt `base_checkpoint`; its metrics."""
+    layout = ch.layout
+    if base_checkpoint:
+        if layout.base_checkpoint.is_file():
+            return pd.read_csv(layout.base_metrics)
+        model = build_model(ch.backbone, ch.num_classes, ch.input_size, init=base_checkpoint).to(ch.device)
+        test = evaluate(model, ch.test_loader)
+        layout.base_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "meta": net_info(model).as_dict(), "epoch": -1}, layout.base_checkpoint)
+        metrics = pd.DataFrame([{"epoch": 0, "test_loss": test["loss"], "test_acc": test["acc"],
+                                 "source": str(base_checkpoint)}])
+        metrics.to_csv(layout.base_metrics, index=False)
+        return metrics
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=ch.seed)
+    return train(model, ch.train_loader, ch.test_loader, cfg, layout.base_dir, meta=net_info(model),
+                 piece=ch.piece).metrics
+
+
+def block_removal(ch: Chapter, train_images: int, test_images: int, lr: float,
+                  batch_size: int) -> tuple[pd.DataFrame, float]:
+    """For each removable block alone: test top-1 right after removing its activations and after
+    one short finetuning epoch, on subsets of `train_images` / `test_images` (removal.csv, row by
+    row). Returns the table and the base network's top-1 on the same test subset."""
+    observe = ch.data.limit(train_images, test_images, seed=ch.seed)
+    train_loader, test_loader = loaders(observe, batch_size, ch.device, ch.seed)
+    path = ch.layout.removal_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(path)
+    finished = {r["switch"] for r in rows}
+    base_ckpt = ch.layout.base_checkpoint
+    base = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt)
+    last = 0.0
+    for sw in gating.searchable_switches(base):
+        if sw.index in finished:
+            continue
+        ch.piece.check(1.3 * last + 5, f"block {sw.index}'s removal experiment (the last took {last:.0f} s)")
+        started = time.perf_counter()
+        pattern = all_ones(base)
+        pattern[sw.index] = 0
+        shrunk = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern, init=base_ckpt).to(ch.device)
+        removed = evaluate(shrunk, test_loader)["acc"]
+        with epoch_log(ch.layout.removal_log):
+            fit(shrunk, train_loader, None, TrainConfig(epochs=1, lr=lr, warmup_epochs=0, seed=ch.seed, progress=False))
+        finetuned = evaluate(shrunk, test_loader)["acc"]
+        append_row(path, rows, {"switch": sw.index, "block": sw.path, "stride": sw.stride, "skip": sw.skip,
+                             "channels": f"{sw.in_channels}>{sw.out_channels}",
+                             "acc_removed": removed, "acc_finetuned": finetuned})
+        ch.piece.record_progress()
+        last = time.perf_counter() - started
+    base_acc = evaluate(load_base(ch), test_loader)["acc"]
+    return pd.DataFrame(rows), base_acc
+
+
+ARMS = ("with_activations", "after_training", "from_scratch")
+
+
+@dataclass
+class Observation:
+    """Chapter 1's comparison: one row per arm and seed (observation.csv), the pattern, and how
+    many of the blocks it makes linear."""
+    table: pd.DataFrame
+    pattern: list[int]
+    linear_blocks: int
+    removable_blocks: int
+
+    def summary(self) -> pd.DataFrame:
+        """Per setting and arm: seeds, mean, standard deviation, min and max of top-1."""
+        grouped = self.table.groupby(["setting", "arm"], sort=False)["top1"]
+        return grouped.agg(seeds="count", mean="mean", sd="std", min="min", max="max").reset_index()
+
+    def reading(self) -> str:
+        return observation_reading(self.table)
+
+
+def observation_reading(table: pd.DataFrame) -> str:
+    """What chapter 1's comparison (observation.csv) says, per setting, with its uncertainty."""
+    lines = []
+    for setting, rows in table.groupby("setting", sort=False):
+        arm = rows.groupby("arm")["top1"]
+        d = difference(arm.get_group("after_training"), arm.get_group("from_scratch"), int(rows["test_images"].iloc[0]),
+                       "after_training", "from_scratch")
+        epochs = rows.loc[rows["arm"] == "from_scratch", "epochs"].iloc[0]
+        spread = (f"the seed spread gives {d.seed_se:.2f}" if d.seeds_a > 1 and d.seeds_b > 1
+                  else "with one seed per arm the seed spread is unknown")
+        verdict = {"after_training better": "**The observation holds here**: removing the activations after "
+                                            "training beats training the linear network from scratch.",
+                   "from_scratch better": "**The observation does not hold here**: the linear network "
+                                          "trained from scratch is better.",
+                   "not separated": "**The two arms are not separated**: the difference is within two "
+                                    "standard errors, so this run neither confirms nor refutes the "
+                                    "observation."}[d.verdict]
+        lines.append(
+            f"- **{setting}** ({epochs} epochs in all per arm; "
+            f"{d.seeds_a if d.seeds_a == d.seeds_b else f'{d.seeds_a} and {d.seeds_b}'} seed(s) per arm): after "
+            f"training {d.mean_a:.2f}%, from scratch {d.mean_b:.2f}%, difference **{d.value:+.2f} points** "
+            f"+- {d.se:.2f} (one standard error; {spread}, the test set's {int(rows['test_images'].iloc[0])} images "
+            f"{d.test_se:.2f}). {verdict}")
+    return "\n".join(lines)
+
+
+def _setting(images: int, input_size: int) -> str:
+    """How observation.csv names a setting: training images and input size, e.g. 10k-32px."""
+    return f"{images // 1000}k-{input_size}px" if images % 1000 == 0 else f"{images}-{input_size}px"
+
+
+def _run_base_trained_as(ch: Chapter, epochs: int, lr: float, warmup_epochs: float) -> bool:
+    """Whether the run's base network was trained here for `epochs` at `lr` with that warm-up (not
+    adopted)."""
+    if not ch.layout.base_checkpoint.is_file():
+        return False
+    saved = load_checkpoint(ch.layout.base_checkpoint)
+    config = saved.get("config") or {}
+    return (config.get("epochs") == epochs and config.get("lr") == lr and config.get("warmup_epochs") == warmup_epochs
+            and saved.get("epoch") == epochs - 1)
+
+
+def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int], base_epochs: int,
+                finetune_epochs: int, base_lr: float, finetune_lr: float, warmup_epochs: float = 1.0) -> Observation:
+    """The paper's core comparison, per seed (observation.csv, row by row): a network trained with
+    its activations for `base_epochs` on `train_images` training images (None: the chapter's own),
+    then stripped of the activations `pattern` removes and finetuned for `finetune_epochs`
+    (after_training), against the stripped network trained from scratch for as many epochs in all
+    (from_scratch). Each seed draws its own initialization, data order and augmentation; the
+    training images are the same for every seed. Every top-1 is on the chapter's whole test set.
+    The trainings from scratch warm up for `warmup_epochs` (on a few thousand images an epoch is a
+    few dozen steps). Where the setting is the run's own (same images, seed, epochs and learning
+    rate), the run's base is reused.
+
+    `pattern` is a name of ds.PATTERNS or a 0/1 list, one entry per switch."""
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
+    bits = resolve_pattern(model, pattern, len(ds.switches(model)))
+    name = pattern if isinstance(pattern, str) else "".join(map(str, bits))
+    data = ch.data if train_images is None else ch.data.limit(train_images, None, seed=ch.seed)
+    setting = _setting(len(data.train_labels), ch.input_size)
+    path = ch.layout.observation_csv
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(path)
+    done = {(r["arm"], r["seed"]) for r in rows}
+    epochs = {"with_activations": base_epochs, "after_training": base_epochs + finetune_epochs,
+              "from_scratch": base_epochs + finetune_epochs}
+
+    def record(arm: str, seed: int, net) -> None:
+        append_row(path, rows, {"pattern": "base" if arm == "with_activations" else name, "arm": arm,
+                             "setting": setting, "seed": seed, "epochs": epochs[arm],
+                             "top1": evaluate(net.to(ch.device), ch.test_loader)["acc"],
+                             "test_images": len(ch.data.test_labels)})
+        ch.piece.record_progress()
+
+    for seed in seeds:
+        if all((arm, seed) in done for arm in ARMS):
+            continue
+        train_loader, _ = loaders(data, ch.train_loader.batch_size, ch.device, seed)
+        out = ch.layout.observation_dir(setting, seed)
+        reuse = train_images is None and seed == ch.seed and _run_base_trained_as(ch, base_epochs, base_lr,
+                                                                                  warmup_epochs)
+        base_ckpt = ch.layout.base_checkpoint if reuse else out / "with_activations" / "checkpoint.pt"
+        if not reuse:
+            torch.manual_seed(seed)
+            with_acts = build_model(ch.backbone, ch.num_classes, ch.input_size)
+            train(with_acts, train_loader, None, TrainConfig(epochs=base_epochs, lr=base_lr, seed=seed,
+                                                             warmup_epochs=warmup_epochs),
+                  out / "with_activations", meta=net_info(with_acts), piece=ch.piece)
+        if ("with_activations", seed) not in done:
+            record("with_activations", seed, load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt))
+        if ("after_training", seed) not in done:
+            after = build_model(ch.backbone, ch.num_classes, ch.input_size, bits, init=base_ckpt)
+            train(after, train_loader, None, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, warmup_epochs=0,
+                                                         seed=seed), out / "after_training",
+                  meta=net_info(after), piece=ch.piece)
+            record("after_training", seed, after.eval())
+        if ("from_scratch", seed) not in done:
+            torch.manual_seed(seed)
+            scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)
+            train(scratch, train_loader, None, TrainConfig(epochs=epochs["from_scratch"], lr=base_lr, seed=seed,
+                                                           warmup_epochs=warmup_epochs),
+                  out / "from_scratch", meta=net_info(scratch), piece=ch.piece)
+            record("from_scratch", seed, scratch.eval())
+    return Observation(pd.DataFrame(rows), bits, removed_blocks(model, bits), len(gating.searchable_switches(model)))

@@ -1,0 +1,361 @@
+"""Chapter 2, the search: which blocks lose their activations (gate search, per-runtime latency terms,
+sensitivity, paper and random patterns), each candidate finetuned alike and timed merged.
+
+Each step takes the chapter's context (`study.setup`) and its parameters, writes its table to the
+run directory (row by row where a row is expensive, so an interrupted chapter resumes) and returns
+it for the notebook to show."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+import ds
+from ds import bench, gating
+from ds.bench.latency import table_from
+from ds.bench.compare import short_name
+from ds.bench.profile import SETTINGS
+from ds.bench.runtimes import unsupported
+from ds.bench.settings import all_cores
+from ds.bench.variants import build_variants
+from ds.meta import info as net_info
+from ds.patterns import resolve_pattern
+from ds.train import TrainConfig, build_model, evaluate
+
+from .chapter import Chapter, append_row, loaders, read_rows, removed_blocks, train
+from .uncertainty import test_se
+
+
+def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float,
+           latency: dict | None = None, latency_weight: float = 0.0, runtime: str | None = None,
+           seed: int | None = None) -> dict:
+    """The gate search from the base network at every budget ({budget: SearchResult}); each
+    resumes from its checkpoint in <run_dir>/02_search/k<budget>/. With `latency` (a latency table,
+    {switch index: seconds saved}) and `latency_weight` > 0, the search weighs the time each block
+    saves in `runtime` (directory k<budget>@<runtime>). `seed` other than the run's (directory
+    k<budget>-seed<seed>) repeats a search to see how much its pattern varies by chance."""
+    if (latency is None) != (runtime is None):
+        raise ValueError("give a latency table and the runtime it was measured in together")
+    seed = ch.seed if seed is None else seed
+    train_loader, test_loader = (ch.train_loader, ch.test_loader) if seed == ch.seed else \
+        loaders(ch.data, ch.train_loader.batch_size, ch.device, seed)   # another order and augmentation
+    searches = {}
+    for budget in budgets:
+        cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, gate_lr=gate_lr, seed=seed)
+        out = ch.layout.search_dir(budget, runtime, None if seed == ch.seed else seed)
+        searches[budget] = train(
+            None, train_loader, test_loader, cfg, out, piece=ch.piece,
+            run=lambda c, out=out, budget=budget: gating.search(base, train_loader, test_loader, budget, c,
+                                                                out_dir=out, resume=True, latency=latency,
+                                                                latency_weight=latency_weight if latency else 0.0,
+                                                                meta=net_info(base)))
+        searches[budget].extra["metrics"].to_csv(out / "search_metrics.csv", index=False)
+    return searches
+
+
+# How chapter 2 may run a pattern when it measures latency tables: ds.bench runtime and torch layout.
+LATENCY_RUNTIMES = {"torch": ("torch", "nchw"), "torch_channels_last": ("torch", "channels_last"),
+                    "onnxruntime": ("onnxruntime", "nchw"), "openvino": ("openvino", "nchw")}
+
+
+@dataclass
+class LatencyTables:
+    blocks: dict[str, pd.DataFrame]   # runtime -> ds.bench.block_latencies rows
+    skipped: dict[str, str]           # runtime -> why it cannot run here
+
+    def table(self, runtime: str) -> dict[str, float]:
+        """{switch index: seconds per batch saved}, what the search's latency term reads."""
+        return table_from(self.blocks[runtime])
+
+    def saved_ms(self) -> pd.DataFrame:
+        """Milliseconds per batch each block saves, one column per runtime."""
+        return pd.DataFrame({r: f.set_index("block")["saved_ms"] for r, f in self.blocks.items()})
+
+
+def latency_tables(ch: Chapter, base, runtimes: list[str], batch: int, input_size=None,
+                   min_time: float = 0.1, repeats: int = 7) -> LatencyTables:
+    """Per runtime, every searchable block of the base timed alone and merged (one thread, batch
+    `batch`, `input_size` default the study's), saved to 02_search/latency_<runtime>.csv and reused
+    from there. A runtime that cannot run here is skipped with the reason."""
+    unknown = [r for r in runtimes if r not in LATENCY_RUNTIMES]
+    if unknown:
+        raise ValueError(f"latency_runtimes {unknown}: choose among {', '.join(LATENCY_RUNTIMES)}")
+    blocks, skipped = {}, {}
+    cpu_base = copy.deepcopy(base).cpu()
+    for runtime in runtimes:
+        path = ch.layout.latency_csv(runtime)
+        if path.is_file():
+            blocks[runtime] = pd.read_csv(path)
+            continue
+        engine, layout = LATENCY_RUNTIMES[runtime]
+        device = ch.device if engine == "torch" else torch.device("cpu")
+        reason = unsupported(engine, "fp32", device) if engine != "torch" else None
+        if reason:
+            skipped[runtime] = reason
+            continue
+        frame = bench.block_latencies(base if engine == "torch" else cpu_base, input_size or ch.input_size,
+                                      batch, engine, threads=1, device=device, layout=layout,
+                                      repeats=repeats, warmup=2, min_time=min_time, seed=ch.seed)
+        frame["load_average"] = os.getloadavg()[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        blocks[runtime] = frame
+    return LatencyTables(blocks, skipped)
+
+
+CONTROL = "none, another seed"   # the label of the repeated search without latency term
+
+
+def runtime_patterns(plain: dict, by_runtime: dict[str, dict], tables: LatencyTables,
+                     control: dict | None = None) -> pd.DataFrame:
+    """One row per budget and search (without latency term; the `control`, the same search with
+    another seed; then one per runtime): the blocks it removes, how many differ from the search
+    without latency term, and the milliseconds per batch its pattern saves by every runtime's table."""
+    rows = []
+    for budget, result in plain.items():
+        reference = set(_removed(result.pattern(budget)))
+        searches = [("none", result)] + ([(CONTROL, control[budget])] if control else []) \
+            + [(r, s[budget]) for r, s in by_runtime.items()]
+        for label, searched in searches:
+            pattern = searched.pattern(budget)
+            removed = _removed(pattern)
+            row = {"budget": budget, "latency term": label, "removed blocks": " ".join(map(str, removed)),
+                   "differs from no latency term": len(reference.symmetric_difference(removed)) // 2}
+            for runtime in tables.blocks:
+                row[f"saves in {runtime} (ms)"] = 1e3 * bench.predicted_saving(tables.table(runtime), pattern)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runtime_pattern_reading(table: pd.DataFrame, skipped: dict[str, str]) -> str:
+    """What the table of `runtime_patterns` says, in sentences: per budget, which runtimes' latency
+    terms changed the searched pattern, and whether the runtimes chose alike."""
+    lines = []
+    for budget, group in table.groupby("budget"):
+        runs = group[~group["latency term"].isin(["none", CONTROL])]
+        chance = group.loc[group["latency term"] == CONTROL, "differs from no latency term"]
+        changed = [f"{r['latency term']} ({r['differs from no latency term']} of the "
+                   f"{len(r['removed blocks'].split())} removed blocks)"
+                   for _, r in runs.iterrows() if r["differs from no latency term"]]
+        distinct = runs["removed blocks"].nunique()
+        lines.append(f"- **k={budget}.** " + (
+            f"The latency term changed the searched pattern for {', '.join(changed)}." if changed else
+            "No runtime's latency term changed the searched pattern.")
+            + ("" if len(runs) < 2 else " The runtimes chose the same pattern." if distinct == 1 else
+               f" The {len(runs)} runtimes chose {distinct} different patterns.")
+            + ("" if not len(chance) else _chance_sentence(int(chance.iloc[0]))))
+    for runtime, reason in skipped.items():
+        lines.append(f"- {runtime} was not measured: {reason}.")
+    return "\n".join(lines)
+
+
+def _chance_sentence(differs: int) -> str:
+    if differs == 0:
+        return (" Repeated without latency term with another seed (data order and augmentation), the "
+                "search chose the same pattern, so the changes above come from the latency term.")
+    return (f" Repeated without latency term with another seed (data order and augmentation), the search "
+            f"changed {differs} block{'' if differs == 1 else 's'} by chance alone: changes of that size are "
+            f"within the search's own noise.")
+
+
+def _removed(pattern) -> list[int]:
+    return [i for i, keep in enumerate(pattern) if not keep]
+
+
+def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
+    """The one-shot baseline: blocks ranked by the top-1 drop when linearized alone."""
+    subset = ch.data.limit(None, test_images, seed=ch.seed)
+    _, test_loader = loaders(subset, batch_size, ch.device, ch.seed)
+    return gating.sensitivity_ranking(base, test_loader)
+
+
+def resolve_budgets(base, budgets: list) -> list[int]:
+    """Search budgets (blocks that keep their activations), each a number or the name of one of the
+    paper's patterns: as many removed blocks as it removes (mobilenetv2's DS-A removes 6 of 17: k=11)."""
+    removable = len(gating.searchable_switches(base))
+    resolved = []
+    for budget in budgets:
+        if isinstance(budget, str):
+            budget = removable - removed_blocks(base, resolve_pattern(base, budget, len(ds.switches(base))))
+        if not isinstance(budget, int) or not 0 <= budget <= removable:
+            raise ValueError(f"search budget {budget!r}: give a number of blocks to keep (0..{removable}) or the "
+                             f"name of a paper pattern (DS-A ... DS-F) for as many removed blocks as it removes")
+        resolved.append(budget)
+    return resolved
+
+
+def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int, backbone: str,
+                       runtime_searches: dict[str, dict] | None = None, random_count: int = 1) -> dict[str, list[int]]:
+    """Searched, sensitivity and `random_count` random patterns (random-k<budget>-<i>) at every
+    searched budget, the searches with a runtime's latency term (searched-k<budget>@<runtime>), then
+    the paper's (when it has patterns for this backbone)."""
+    patterns = {}
+    for budget, result in searches.items():
+        patterns[f"searched-k{budget}"] = result.pattern(budget)
+    for budget in searches:
+        patterns[f"sensitivity-k{budget}"] = sensitivity_result.pattern(budget)
+    for budget in searches:
+        for i, pattern in enumerate(gating.random_patterns(base, budget, random_count, seed=random_seed), 1):
+            patterns[f"random-k{budget}-{i}"] = pattern
+    for runtime, results in (runtime_searches or {}).items():
+        for budget, result in results.items():
+            patterns[f"searched-k{budget}@{runtime}"] = result.pattern(budget)
+    for name, pattern in ds.PATTERNS.get(backbone, {}).items():
+        patterns[name] = list(pattern)
+    return patterns
+
+
+def pattern_source(name: str) -> str:
+    """Where a pattern comes from: base, searched, sensitivity, random, paper, or given (a 0/1 list)."""
+    if name == "base":
+        return "base"
+    for source in ("searched", "sensitivity", "random"):
+        if name.startswith(source + "-"):
+            return source
+    return "paper" if any(name in patterns for patterns in ds.PATTERNS.values()) else "given"
+
+
+def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], budgets: list[int], epochs: int,
+                        lr: float) -> pd.DataFrame:
+    """Every candidate pattern that removes as many blocks as a searched budget, finetuned from the
+    base alike (no distillation, `epochs` at `lr`, the run's seed): top-1 right after removal and
+    finetuned (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
+    with the same pattern as one finetuned already (e.g. a search whose latency term changed
+    nothing) gets a copy of that network: same pattern, seed and data give the same training."""
+    removable = len(gating.searchable_switches(base))
+    path = ch.layout.candidates_csv
+    rows = read_rows(path)
+    done = {r["pattern"] for r in rows}
+    for budget in budgets:
+        for name, pattern in candidates.items():
+            if name in done or removed_blocks(base, pattern) != removable - budget:
+                continue
+            bits = "".join(map(str, pattern))
+            twin = next((r for r in rows if str(r["pattern_bits"]) == bits), None)
+            if twin is not None:   # the same pattern under another name trains the same network: copy it
+                shutil.copytree(ch.layout.candidate_dir(twin["pattern"]), ch.layout.candidate_dir(name),
+                                dirs_exist_ok=True)
+                append_row(path, rows, {**twin, "pattern": name, "source": pattern_source(name)})
+                done.add(name)
+                continue
+            model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern,
+                                init=ch.layout.base_checkpoint).to(ch.device)
+            before = evaluate(model, ch.test_loader)["acc"]
+            cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, seed=ch.seed)
+            metrics = train(model, ch.train_loader, ch.test_loader, cfg, ch.layout.candidate_dir(name),
+                            meta=net_info(model), piece=ch.piece).metrics
+            append_row(path, rows, {"pattern": name, "source": pattern_source(name), "budget": budget,
+                                 "removed_blocks": removable - budget, "epochs": epochs, "top1_removed": before,
+                                 "top1": metrics["test_acc"].iloc[-1], "test_images": len(ch.data.test_labels),
+                                 "pattern_bits": bits})
+            done.add(name)
+    return pd.DataFrame(rows)
+
+
+def pattern_speed(ch: Chapter, patterns: dict[str, list[int]], setting: str, batch: int,
+                  threads: int | None = None, repeats: int = 5, min_time: float = 0.2) -> pd.DataFrame:
+    """Measured speed of every pattern: its merged network, built from a freshly initialized network
+    as ds.bench does (the speed of a network does not depend on its weights; a briefly trained one
+    can be too badly conditioned for the merge's float32 check), timed in one CPU setting (a name of
+    ds.bench.profile.SETTINGS, e.g. 'openvino bf16'), the networks interleaved. One row per pattern
+    with img/s, ms per batch and the speed-up over the base; a setting that cannot run here falls
+    back to torch NCHW (the `setting` column says which ran). Saved to candidate_speed.csv and
+    reused from there."""
+    path = ch.layout.candidate_speed_csv
+    if path.is_file():
+        return pd.read_csv(path)
+    if setting not in SETTINGS:
+        raise ValueError(f"candidate_setting {setting!r}: choose among {', '.join(SETTINGS)}")
+    runtime, dtype, channels_last = SETTINGS[setting]
+    reason = unsupported(runtime, dtype, torch.device("cpu")) if runtime != "torch" else None
+    if reason:
+        warnings.warn(f"{setting} cannot run here ({reason}): patterns timed in torch NCHW instead", stacklevel=2)
+        runtime, dtype, channels_last = SETTINGS["torch NCHW"]
+    torch.manual_seed(ch.seed)
+    fresh = build_model(ch.backbone, ch.num_classes, ch.input_size).eval()
+    merged, _ = build_variants(fresh, patterns, ch.input_size)
+    load = os.getloadavg()[0]
+    results = bench.measure(merged, ch.input_size, batch, "cpu", dtype, channels_last, runtime=runtime,
+                            repeats=repeats, min_time=min_time, threads=threads or all_cores(), seed=ch.seed)
+    base_s = results["base"].seconds_per_batch
+    frame = pd.DataFrame([{"setting": short_name(r.runtime, r.layout, r.dtype), "pattern": name, "batch": r.batch,
+                           "threads": r.threads, "img_s_median": r.img_s_median, "img_s_min": r.img_s_min,
+                           "img_s_max": r.img_s_max, "ms_per_batch": 1e3 * r.seconds_per_batch,
+                           "speedup_same_runtime": base_s / r.seconds_per_batch, "load_average": load}
+                          for name, r in results.items()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def candidate_table(finetuned: pd.DataFrame, speed: pd.DataFrame, base_top1: float) -> pd.DataFrame:
+    """The comparison at equal removed blocks: per candidate its source, top-1 (and the change
+    against the base), measured speed and speed-up over the base in the same setting; by budget,
+    best first."""
+    table = finetuned.merge(speed[["pattern", "img_s_median", "ms_per_batch", "speedup_same_runtime"]],
+                            on="pattern", how="left")
+    table["delta_top1"] = table["top1"] - base_top1
+    table = table.rename(columns={"speedup_same_runtime": "speedup"})
+    return table.sort_values(["removed_blocks", "top1"], ascending=[True, False]).reset_index(drop=True)
+
+
+def candidate_reading(table: pd.DataFrame) -> str:
+    """Per number of removed blocks: where the searched pattern ranks, against the paper's, the
+    sensitivity-ranked and the random patterns, with the test set's standard error."""
+    lines = []
+    for removed, group in table.groupby("removed_blocks"):
+        by_source = {source: g for source, g in group.groupby("source")}
+        searched = by_source.get("searched")
+        if searched is None:
+            continue
+        best = searched.sort_values("top1").iloc[-1]
+        se = test_se(best["top1"], int(best["test_images"]))
+        parts = []
+        for source in ("paper", "sensitivity", "random"):
+            if source in by_source:
+                others = by_source[source]["top1"]
+                parts.append(f"{source} {others.mean():.2f}%" + (f" (mean of {len(others)}, {others.min():.2f} to "
+                                                                 f"{others.max():.2f})" if len(others) > 1 else ""))
+        def rank(top1: float) -> int:
+            return int((group["top1"] > top1).sum()) + 1
+
+        rest = "".join(f"; `{row['pattern']}` {row['top1']:.2f}%, rank {rank(row['top1'])}"
+                       for _, row in searched.sort_values("top1", ascending=False).iloc[1:].iterrows())
+        lines.append(f"- **{removed} blocks removed.** The best searched pattern, `{best['pattern']}`, reaches "
+                     f"{best['top1']:.2f}% (+- {se:.2f}, the test set's standard error) and ranks "
+                     f"{rank(best['top1'])} of {len(group)}{rest}; " + ", ".join(parts) + ". Differences under about "
+                     f"{2 * 2 ** 0.5 * se:.1f} points (two standard errors of a difference) are within the test "
+                     f"set's noise." + _latency_term_sentence(group))
+    return "\n".join(lines)
+
+
+def _latency_term_sentence(group: pd.DataFrame) -> str:
+    """How the searches with a latency term compare with the search without, at one budget."""
+    rows = group.set_index("pattern")
+    plain = [p for p in rows.index if re.fullmatch(r"searched-k\d+", p)]
+    if not plain:
+        return ""
+    ref = rows.loc[plain[0]]
+    parts = []
+    for name in rows.index:
+        if name.startswith(plain[0] + "@"):
+            row = rows.loc[name]
+            same = row["pattern_bits"] == ref["pattern_bits"]
+            parts.append(f"`{name}` is the same pattern" if same else
+                         f"`{name}` runs at {row['speedup'] / ref['speedup']:.2f}x the speed of `{plain[0]}` "
+                         f"with {row['top1'] - ref['top1']:+.2f} points of top-1")
+    return (" With a latency term: " + "; ".join(parts) + ".") if parts else ""
+
+
+def write_patterns(ch: Chapter, patterns: dict[str, list[int]]) -> None:
+    """Chapter 2's candidate patterns, for chapter 3."""
+    path = ch.layout.patterns_json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(patterns, indent=1) + "\n")
