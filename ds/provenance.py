@@ -131,3 +131,35 @@ def versions() -> dict:
 def machine() -> dict:
     return {"platform": platform.platform(), "host": platform.node(), "cpu": cpu_name(),
             "cpu_features": cpu_features(), "cpu_count": os.cpu_count()}
+
+
+# What nvidia-smi is asked for (names as `nvidia-smi --help-query-gpu` lists them).
+NVIDIA_SMI_FIELDS = ("name", "driver_version", "memory.total", "power.limit", "clocks.sm", "clocks.max.sm",
+                     "clocks.mem", "clocks.max.mem", "temperature.gpu")
+
+
+def gpu_record() -> dict:
+    """The GPUs torch sees (name, memory, compute capability), torch, CUDA and cuDNN versions, and
+    what nvidia-smi reports (driver, clocks, power limit); where nvidia-smi is absent or fails, the
+    reason instead. Never raises: a record on a machine without a GPU says so."""
+    record = {"torch": torch.__version__, "cuda": torch.version.cuda,
+              "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+              "cuda_available": torch.cuda.is_available(), "gpus": []}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            record["gpus"].append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                                   "capability": f"{props.major}.{props.minor}",
+                                   "multiprocessors": props.multi_processor_count})
+    try:
+        done = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}",
+                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as err:
+        record["nvidia_smi"] = f"not available: {err}"
+        return record
+    if done.returncode:
+        record["nvidia_smi"] = f"failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[:300]}"
+        return record
+    record["nvidia_smi"] = [dict(zip(NVIDIA_SMI_FIELDS, (v.strip() for v in line.split(","))))
+                            for line in done.stdout.strip().splitlines()]
+    return record

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU results, one lent command at a time: throughput tables, then the `full` study in
-# pieces; each command returns in $OUT what the next fresh machine needs. See
-# scripts/gpu_publish.py (`--help`) and the README section "GPU results".
+# The GPU results, one lent command at a time: the throughput tables and the training speed
+# first, then the `gpu` study sized to one command; after every step $OUT holds what the next
+# fresh machine needs. See scripts/gpu_publish.py (`--help`) and the README section "GPU results".
 #
+#   scripts/gpu_publish.sh --plan                                   # the time plan
 #   scripts/gpu_publish.sh [--budget-seconds N] [--skip STEP ...]   # on the GPU machine
 #   scripts/gpu_publish.sh --dry-run                                # the same path on a CPU
+#   scripts/gpu_publish.sh --publish                                # on the CPU: publish what came back
 #
 # PYTHON picks the interpreter (default: python3). When .whl/ holds wheels (modules the machine
 # lacks, e.g. timm or papermill), they are installed into /tmp/gpu_publish_site without the

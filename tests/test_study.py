@@ -10,11 +10,11 @@ from ds.study.profiles import chapter_parameters
 
 
 def test_profiles_file_has_the_three_profiles():
-    assert {"quick", "full", "tiny"} <= set(read_profiles())
+    assert {"quick", "gpu", "tiny"} <= set(read_profiles())
 
 
 def test_unknown_profile_lists_known_ones():
-    with pytest.raises(ProfileError, match="known profiles: .*full.*quick.*tiny"):
+    with pytest.raises(ProfileError, match="known profiles: .*gpu.*quick.*tiny"):
         load_profile("qiuck")
 
 

@@ -32,7 +32,7 @@ from .merge import standing
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
 
 
-def _publish_file(source: Path, target: Path, layout: RunLayout, what: str, limit: int | None = None) -> Path | None:
+def publish_file(source: Path, target: Path, layout: RunLayout, what: str, limit: int | None = None) -> Path | None:
     """Copy `source` to `target` with a provenance record beside it; None (and a message) when it
     is larger than `limit` bytes."""
     size = source.stat().st_size
@@ -66,19 +66,19 @@ def publish_results(layout: RunLayout, profile: str, results_dir: Path = RESULTS
                                (layout.base_metrics, f"base_metrics_{profile}.csv",
                                 "the base network's training curve, one row per epoch (chapter 1)")):
         if source.is_file():
-            written.append(_publish_file(source, Path(results_dir) / name, layout, what))
+            written.append(publish_file(source, Path(results_dir) / name, layout, what))
     target = Path(checkpoints_dir) / profile
     if layout.base_checkpoint.is_file():
         state = load_checkpoint(layout.base_checkpoint, ("model",))
         with tempfile.TemporaryDirectory() as tmp:   # the weights only, not the optimizer's state
             slim = Path(tmp) / "base.pt"
             save_checkpoint({"model": state["model"], "meta": state.get("meta"), "epoch": state.get("epoch")}, slim)
-            written.append(_publish_file(slim, target / "base.pt", layout, "the trained base network (weights)",
+            written.append(publish_file(slim, target / "base.pt", layout, "the trained base network (weights)",
                                          MAX_CHECKPOINT_BYTES))
     if layout.study_csv.is_file():
         row = best_searched(pd.read_csv(layout.study_csv))
         if row is not None:
-            written.append(_publish_file(layout.merged_network(row["pattern"], row["finetune"]),
+            written.append(publish_file(layout.merged_network(row["pattern"], row["finetune"]),
                                          target / f"{row['pattern']}-merged.pt", layout,
                                          f"the merged network of {row['pattern']} ({row['finetune']} finetune), "
                                          f"test top-1 {row['top1_merged']:.2f}%", MAX_CHECKPOINT_BYTES))

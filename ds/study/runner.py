@@ -1,7 +1,7 @@
 """Run the study: the five chapter notebooks in order with papermill, then the run's own book.
 
     python -m ds.study run --profile quick        # runs/quick/, its book in runs/quick/book/
-    python -m ds.study run --profile full         # GPU; stops after piece_minutes, rerun to continue
+    python -m ds.study run --profile gpu          # GPU; stops after piece_minutes, rerun to continue
 
 Each chapter's executed notebook lands in the run directory with a `.done` record of the
 parameters and notebook it ran with (`ds.study.freshness`). A rerun skips current chapters and

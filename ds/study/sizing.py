@@ -1,0 +1,196 @@
+"""How long a study profile takes at a measured training speed, and which of a list of
+(backbone, base epochs) choices fits a time budget: the arithmetic that sizes the `gpu` profile
+to one command of a lent GPU machine (scripts/gpu_publish.sh).
+
+The only measured input is the training speed, images per second of `ds.train` at 32 px in bf16
+and channels_last (benchmarks/train_speed.py). Everything else is counted from the profile: the
+images each chapter trains and evaluates (an evaluated image costs EVAL_COST of a trained one),
+plus fixed seconds per chapter (papermill start-up, merging, timing). The fixed costs below are
+assumptions, each with where it comes from; the estimate is meant to err long.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ds.paper import PAPER_PATTERNS
+from ds.patterns import PATTERNS
+
+from .layout import CHAPTERS
+
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
+SEARCHABLE_BLOCKS = 17     # MobileNetV2 of the standard depth: switches 1..17 (stem and head are not searched)
+
+EVAL_COST = 1 / 3          # forward only, against forward and backward (about twice the forward)
+DISTILL_COST = 4 / 3       # a distilled step adds the teacher's forward pass
+SEARCH_COST = 1.25         # the gate search's step: gates, their optimizer and the sampled pattern (assumed)
+CHAPTER_START_S = 20.0     # papermill, a fresh kernel, imports, CUDA init, the cached data onto the device (assumed)
+DECODE_S = 20.0            # CIFAR-10 decoded once on a fresh machine (README: about 20 s)
+MERGE_S = 3.3              # merge and verify one network: 7 mobilenetv2_140 at 224 px took 23 s on 2 CPU cores
+BENCH_OVERHEAD_S = 1.5     # per network and setting timed: warm-up, cudnn autotuning (assumed)
+PROFILE_PASS_S = 0.5       # one profiled CPU pass of chapter 5's time shares (assumed)
+GPU_SETTINGS = 2           # chapter 5 on a GPU: torch fp32 NCHW and channels_last, eager
+CPU_SETTINGS = 5           # chapter 5 on the CPU: torch NCHW and channels_last, ONNX Runtime, OpenVINO f32 and bf16
+SPEED_REPEATS, SPEED_MIN_TIME = 5, 0.2   # chapter 2 times its candidates so (ds.study.steps.pattern_speed)
+LATENCY_REPEATS = 7        # chapter 2's latency tables (ds.study.steps.latency_tables)
+
+# The gpu profile's choices, best first: the paper's network first and the base trained long
+# enough for the 92% target; below 20 epochs the narrower network trained longer comes first;
+# under 15 epochs no choice is offered (the base would not reach the target: skip the study).
+GPU_CHOICES = (("mobilenetv2_140", 30), ("mobilenetv2_140", 25), ("mobilenetv2_140", 20),
+               ("mobilenetv2_100", 25), ("mobilenetv2_100", 20), ("mobilenetv2_140", 15),
+               ("mobilenetv2_100", 15))
+
+
+def removed(budget) -> int:
+    """Blocks a search budget removes: a number of blocks kept, or a paper pattern's name."""
+    if isinstance(budget, str):
+        return sum(1 for keep in PAPER_PATTERNS[budget][1:-1] if not keep)
+    return SEARCHABLE_BLOCKS - budget
+
+
+def candidates_per_budget(profile: dict) -> list[int]:
+    """Chapter 2's candidates at each budget: the search, the sensitivity ranking, the random
+    patterns, one search per latency runtime and the paper's patterns that remove as many blocks."""
+    paper = [removed(name) for name in PATTERNS.get(profile["backbone"], {})]
+    runtimes = len(profile.get("latency_runtimes") or [])
+    return [2 + profile.get("random_patterns", 1) + runtimes + paper.count(removed(b))
+            for b in profile["search_budgets"]]
+
+
+def finetuned_patterns(profile: dict) -> int:
+    """Chapter 3's patterns: 'searched' stands for every search without latency term."""
+    budgets = len(profile["search_budgets"])
+    return sum(budgets if name == "searched" else 1 for name in profile["patterns"])
+
+
+@dataclass
+class Work:
+    """One chapter's work: images trained, images evaluated, and seconds that do not scale with them."""
+    trained: float = 0.0
+    evaluated: float = 0.0
+    fixed_s: float = CHAPTER_START_S
+
+    def seconds(self, img_s: float) -> float:
+        return (self.trained + EVAL_COST * self.evaluated) / img_s + self.fixed_s
+
+
+def chapter_work(profile: dict) -> dict[str, Work]:
+    """What each chapter of `profile` trains, evaluates and spends besides (its keys as in profiles.yaml)."""
+    p = dict(profile)
+    n = p.get("limit_train") or CIFAR10_TRAIN
+    t = p.get("limit_test") or CIFAR10_TEST
+    base = p["base_epochs"]
+    work = {chapter: Work() for chapter in CHAPTERS}
+
+    w = work["01_observation"]
+    w.fixed_s += DECODE_S
+    if p.get("base_checkpoint"):
+        w.evaluated += t
+    else:
+        w.trained += base * n
+        w.evaluated += base * t
+    w.trained += SEARCHABLE_BLOCKS * p["observe_train_images"]
+    w.evaluated += (2 * SEARCHABLE_BLOCKS + 1) * p["observe_test_images"]
+    compare_n = p.get("compare_train_images") or n
+    compare_base = p.get("compare_base_epochs") or base
+    finetune = p["compare_finetune_epochs"]
+    for seed in p.get("compare_seeds") or [0]:
+        reuse = p.get("compare_train_images") is None and seed == p.get("seed", 0) and compare_base == base
+        w.trained += ((0 if reuse else compare_base) + finetune + compare_base + finetune) * compare_n
+        w.evaluated += 3 * t
+
+    w = work["02_search"]
+    budgets = len(p["search_budgets"])
+    runtimes = len(p.get("latency_runtimes") or [])
+    searches = budgets * (1 + runtimes + (1 if runtimes else 0))   # + one control search with latency tables
+    w.trained += searches * p["search_epochs"] * n * SEARCH_COST
+    w.evaluated += searches * p["search_epochs"] * t
+    w.evaluated += (SEARCHABLE_BLOCKS + 1) * p["sensitivity_test_images"]
+    w.fixed_s += runtimes * SEARCHABLE_BLOCKS * 2 * (LATENCY_REPEATS * p.get("latency_min_time", 0.1) + 0.5)
+    candidates = sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
+    w.trained += candidates * p.get("candidate_epochs", 1) * n
+    w.evaluated += candidates * (p.get("candidate_epochs", 1) + 1) * t
+    w.fixed_s += (candidates + 1) * (MERGE_S + SPEED_REPEATS * SPEED_MIN_TIME)
+
+    w = work["03_finetune"]
+    patterns, epochs = finetuned_patterns(p), p["finetune_epochs"]
+    w.trained += patterns * (1 + DISTILL_COST) * epochs * n
+    w.evaluated += patterns * 2 * (epochs + 1) * t
+
+    w = work["04_merge"]
+    networks = 1 + candidates + 2 * patterns
+    w.evaluated += 2 * networks * t
+    w.fixed_s += networks * MERGE_S
+
+    w = work["05_throughput"]
+    standing = 1 + (candidates if candidates else patterns)
+    devices = p.get("bench_devices", "auto")
+    devices = ["cpu", "cuda"] if devices == "auto" else ([devices] if isinstance(devices, str) else devices)
+    settings = sum(GPU_SETTINGS if d.startswith("cuda") else CPU_SETTINGS for d in devices)
+    inputs = 1 + (1 if p.get("bench_large_input") else 0)
+    w.fixed_s += standing * settings * inputs * (p.get("bench_repeats", 5) * p.get("bench_min_time", 0.2)
+                                                 + BENCH_OVERHEAD_S)
+    shares = p.get("profile_settings")
+    shares = CPU_SETTINGS if shares is None else len(shares)
+    w.fixed_s += shares * standing * (p.get("profile_runs", 5) + 1) * PROFILE_PASS_S
+    return work
+
+
+def study_seconds(profile: dict, img_s: float) -> dict[str, float]:
+    """Estimated seconds per chapter of `profile` at `img_s` trained images per second."""
+    return {chapter: w.seconds(img_s) for chapter, w in chapter_work(profile).items()}
+
+
+def required_speed(profile: dict, budget_s: float) -> float:
+    """The training speed (images per second) at which `profile`'s estimate is `budget_s`
+    (infinite when its fixed seconds alone exceed the budget)."""
+    work = chapter_work(profile).values()
+    images = sum(w.trained + EVAL_COST * w.evaluated for w in work)
+    spare = budget_s - sum(w.fixed_s for w in work)
+    return images / spare if spare > 0 else float("inf")
+
+
+@dataclass
+class Sizing:
+    """The first choice that fits (None: none does), the estimate per chapter, and every choice tried."""
+    budget_s: float
+    choice: tuple[str, int] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    tried: list[tuple[str, int, float | None]] = field(default_factory=list)   # seconds None: speed not measured
+
+    @property
+    def fits(self) -> bool:
+        return self.choice is not None
+
+    @property
+    def overrides(self) -> dict:
+        """The profile keys the choice sets."""
+        return {"backbone": self.choice[0], "base_epochs": self.choice[1]} if self.choice else {}
+
+    def describe(self) -> str:
+        tried = "; ".join(f"{b} {e} epochs: " + ("speed not measured" if s is None else f"{s:.0f} s")
+                          for b, e, s in self.tried)
+        if not self.fits:
+            return f"no choice fits {self.budget_s:.0f} s ({tried})"
+        return (f"{self.choice[0]}, base {self.choice[1]} epochs: about {sum(self.seconds.values()):.0f} s of "
+                f"{self.budget_s:.0f} s (" + ", ".join(f"{c} {s:.0f}" for c, s in self.seconds.items()) + ")"
+                + (f"; tried {tried}" if tried else ""))
+
+
+def size_study(profile: dict, img_s: dict[str, float], budget_s: float,
+               choices=GPU_CHOICES) -> Sizing:
+    """The first of `choices` ((backbone, base epochs), best first) whose estimated study fits in
+    `budget_s` seconds at the measured training speed `img_s` ({backbone: images per second}); a
+    choice whose backbone was not measured is passed over."""
+    sizing = Sizing(budget_s)
+    for backbone, epochs in choices:
+        speed = img_s.get(backbone)
+        if not speed:
+            sizing.tried.append((backbone, epochs, None))
+            continue
+        seconds = study_seconds({**profile, "backbone": backbone, "base_epochs": epochs}, speed)
+        sizing.tried.append((backbone, epochs, sum(seconds.values())))
+        if sum(seconds.values()) <= budget_s:
+            sizing.choice, sizing.seconds = (backbone, epochs), seconds
+            break
+    return sizing
