@@ -70,3 +70,12 @@ def tiny_study(tmp_path_factory):
     session with papermill into a temporary directory, its book built there with -W."""
     from ds.study.runner import run_study
     return run_study("tiny", run_root=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def tiny_merged():
+    """A merged random-weight mobilenetv2_035 at 16 px (base, BN folded) and its merged DS-F."""
+    import ds
+    torch.manual_seed(0)
+    model = ds.create_model("mobilenetv2_035", num_classes=10, input_size=16).eval()
+    return {"base": ds.merge(model, input_size=16), "DS-F": ds.merge(ds.apply_pattern(model, "DS-F"), input_size=16)}

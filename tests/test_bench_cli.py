@@ -259,3 +259,86 @@ def test_time_shares_need_one_thread_count_and_batch(tmp_path, capsys):
     assert main(["--model", MODEL, "--device", "cpu", "--time-shares", str(tmp_path / "s.csv"),
                  *FAST, "--threads", "1,2"]) == 2
     assert "--time-shares profiles one thread count and one batch" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- INT8 (issue 22, item 2)
+
+def test_int8_settings_parse_beside_the_others():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from ds.bench import Setting
+    from ds.bench.cli import parse_args, settings_from
+    from ds.bench.compare import parse_runtimes
+    assert parse_runtimes("torch,openvino:bf16,openvino:int8,onnxruntime:INT8") == [
+        ("torch", None), ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "int8")]
+    args = parse_args(["--model", MODEL, "--out", "x.csv", "--threads", "1", "--batch", "2",
+                       "--runtimes", "torch,onnxruntime,openvino:int8,onnxruntime:int8"])
+    settings, notes = settings_from(args, torch.device("cpu"))
+    assert [s.short for s in settings] == ["torch NCHW", "onnxruntime", "openvino int8", "onnxruntime int8"]
+    assert settings[2:] == [Setting("openvino", "int8", "nchw", "latency", 1, 2),
+                            Setting("onnxruntime", "int8", "nchw", "ort_enable_all", 1, 2)] and not notes
+    # torch has no int8 here: said so, not silently dropped
+    settings, notes = settings_from(parse_args(["--model", MODEL, "--out", "x.csv", "--dtypes", "fp32,int8",
+                                                "--threads", "1", "--batch", "2"]), torch.device("cpu"))
+    assert [s.dtype for s in settings] == ["fp32"] and any("torch int8 not measured" in n for n in notes)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--calibration-images", "8"], "--calibration-images and --calibration-dataset go with int8 settings"),
+    (["--runtimes", "onnxruntime:int4"], "unknown dtype 'int4'"),
+    (["--runtimes", "onnxruntime:int8", "--calibration-dataset", "fake", "--calibration-images", "0"],
+     "--calibration-images 0: give a whole number >= 1"),
+    (["--runtimes", "onnxruntime:int8", "--latency-table", "{tmp}/l.json"],
+     "--latency-table times blocks alone in float"),
+])
+def test_int8_option_errors_name_the_problem(tmp_path, capsys, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["--model", MODEL, "--out", str(tmp_path / "x.csv"), *FAST, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "measuring" not in err
+
+
+def test_int8_rows_name_their_quantization_and_the_profile_says_what_ran_in_8_bits(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out, shares = tmp_path / "q.csv", tmp_path / "s.csv"
+    assert main(["--model", MODEL, "--patterns", "paper:DS-F", "--device", "cpu", "--batch", "2", "--input", "16",
+                 "--threads", "1", "--warmup", "1", "--iters", "1",
+                 "--runtimes", "torch,onnxruntime:int8,openvino:int8",
+                 "--calibration-dataset", "fake", "--calibration-images", "8", "--out", str(out),
+                 "--time-shares", str(shares)]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == COLUMNS and len(frame) == 3 * 2
+    int8 = frame[frame["dtype"] == "int8"]
+    assert set(int8["runtime"]) == {"onnxruntime", "openvino"}
+    assert int8["quantization"].str.endswith("; 8 fake train images (seed 0)").all()
+    assert set(int8["quantization"].str.split(",").str[0]) == {"ORT QDQ static", "NNCF PTQ"}
+    assert (frame.loc[frame["dtype"] != "int8", "quantization"] == "").all()
+    # the best base is the fastest base of every setting, the int8 ones included
+    bases = frame[frame["pattern"] == "base"]
+    fastest = bases.loc[bases["img_s_median"].idxmax()]
+    assert (frame["best_base"] == f"{fastest['runtime']} {fastest['dtype']} nchw {fastest['mode']}").all()
+    assert frame["speedup_over_best_base"].tolist() == pytest.approx(
+        (frame["img_s_median"] / fastest["img_s_median"]).tolist())
+    assert ((frame["achieved_fraction"] > 0) & (frame["achieved_fraction"] <= 1)).all()
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["int8_images"]["calibration"]["dataset"] == "fake"
+    for label, networks in sidecar["quantization"].items():
+        assert " int8 " in label and set(networks) == {"base", "DS-F"}
+        assert all(n["check"]["rel_rms_error"] <= n["check"]["max_error"] for n in networks.values())
+    assert {(p["runtime"], p["dtype"]) for p in sidecar["peaks"]} == {("torch", "fp32"), ("onnxruntime", "int8"),
+                                                                      ("openvino", "int8")}
+    assert all(p["flop_s"] > 0 and p["flop_s_from"] for p in sidecar["peaks"])
+
+    table = pd.read_csv(shares)
+    assert set(table["setting"]) == {"torch NCHW", "onnxruntime int8", "openvino int8"}
+    assert ((table["int8_convs"] <= table["convs"]) & (table["convs"] > 0)).all()
+    assert ((table["int8_share"] >= 0) & (table["int8_share"] <= 1)).all()
+    rows = table.set_index(["setting", "pattern"])
+    assert (rows.loc["torch NCHW", "int8_convs"] == 0).all() and (rows.loc["torch NCHW", "int8_ms"] == 0).all()
+    # after ORT's pre-processing every conv of these networks runs as QLinearConv
+    assert (rows.loc["onnxruntime int8", "int8_convs"] == rows.loc["onnxruntime int8", "convs"]).all()
+    assert (rows.loc["openvino int8", "int8_convs"] > 0).all() and (rows.loc["openvino int8", "int8_ms"] > 0).all()
+    assert "int8_images" in json.loads(shares.with_suffix(".json").read_text())

@@ -145,8 +145,8 @@ def test_measure_in_onnxruntime_names_runtime_and_version():
     (dict(runtime="tvm"), "unknown runtime 'tvm'"),
     (dict(runtime="onnxruntime", channels_last=True), "leave channels_last=False"),
     (dict(runtime="onnxruntime", mode="compile"), "mode='eager'"),
-    (dict(runtime="onnxruntime", dtype="fp16"), "onnxruntime runs fp32 here, not fp16"),
-    (dict(runtime="openvino", dtype="fp16"), "openvino runs fp32, bf16 here, not fp16"),
+    (dict(runtime="onnxruntime", dtype="fp16"), "onnxruntime runs fp32, int8 here, not fp16"),
+    (dict(runtime="openvino", dtype="fp16"), "openvino runs fp32, bf16, int8 here, not fp16"),
 ])
 def test_runtime_errors(kwargs, match):
     pytest.importorskip("onnxruntime")

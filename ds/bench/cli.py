@@ -16,6 +16,9 @@ The project's tables:
     sweep: python -m ds.bench --model mobilenetv2_140 --patterns paper:DS-A,DS-F --device cuda \\
               --batch 1,8,32,128,256 --input 224 --dtypes fp32,fp16 --layouts nchw,channels_last \\
               --modes eager,cudagraph --out data/results/batch_sweep_mbv2_140_h100.csv
+    INT8 beside them (each network quantized, calibrated on 300 seeded CIFAR-10 training images,
+    checked against the float network; ds.export.quantize): add openvino:int8,onnxruntime:int8
+    to --runtimes
     latency table for the gate search, in the runtime the pattern will run on:
           python -m ds.bench --model mobilenetv2_140 --runtimes onnxruntime --threads 1 \\
               --batch 16 --input 224 --latency-table latency_ort.json
@@ -37,13 +40,14 @@ import ds
 
 from ds.errors import DeviceError, UnsupportedModelError
 from ds.export import ExportError
+from ds.export.quantize import CALIBRATION_IMAGES, calibration_images
 from ds.provenance import cpu_name, device_name, git_commit, resolve_device
 
 from .compare import expand_settings, measure_settings
 from .latency import block_latencies, table_from
 from .profile import time_share_table
 from .report import format_table, provenance, write_sidecar
-from .settings import BenchError, all_cores
+from .settings import INT8, BenchError, all_cores
 from .variants import BASE, build_variants, load_patterns
 
 
@@ -61,7 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  "(required unless --latency-table is given)")
     p.add_argument("--runtimes", default="torch",
                    help="comma list of torch, onnxruntime, openvino; NAME:DTYPE pins a runtime's "
-                        "dtype (openvino:bf16) instead of --dtypes")
+                        "dtype (openvino:bf16) instead of --dtypes; onnxruntime:int8 and openvino:int8 "
+                        "time the network quantized (ds.export.quantize)")
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help="int8: training images to calibrate on (default 300; as many more, the next of the "
+                        "same seeded permutation, check each file against the float network)")
+    p.add_argument("--calibration-dataset", default=None,
+                   help="int8: the training split they come from: cifar10 (default), cifar100 or fake")
     p.add_argument("--latency-table", metavar="JSON",
                    help="measure the seconds per batch each searchable block saves when merged "
                         "(the block and its merged form timed alone, interleaved) in the (single) "
@@ -71,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also profile every network in every CPU setting with the runtime's own "
                         "profiler: ms per batch in depthwise, 1x1 and dense k x k convs and the rest "
                         "(one thread count and batch; a .json sidecar goes beside it)")
-    p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16")
+    p.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16 (int8: onnxruntime, openvino)")
     p.add_argument("--layouts", default="nchw", help="comma list of nchw, channels_last (torch only)")
     p.add_argument("--modes", default="eager", help="comma list of eager, cudagraph, compile (torch only)")
     p.add_argument("--compile-mode", default="default",
@@ -165,10 +175,14 @@ def run(args, command: str) -> pd.DataFrame:
         raise BenchError(f"--latency-table measures one setting; the options give {len(settings)} "
                          f"({'; '.join(s.label for s in settings[:3])}, ...): give one runtime, "
                          "dtype, layout, mode, thread count and batch")
+    if args.latency_table and settings[0].dtype == INT8:
+        raise BenchError("--latency-table times blocks alone in float; int8 is not available there: give a float "
+                         "setting (e.g. --runtimes onnxruntime or openvino:bf16)")
     if args.time_shares is not None and device.type != "cpu":
         raise BenchError("--time-shares profiles CPU runtimes: use --device cpu")
     if args.time_shares is not None and len({(s.threads, s.batch) for s in settings}) != 1:
         raise BenchError("--time-shares profiles one thread count and one batch: give one of each")
+    images = int8_images(args, settings)
     load_before = os.getloadavg()
     git_state = git_commit()  # the code that runs, not the code at the end
 
@@ -181,12 +195,26 @@ def run(args, command: str) -> pd.DataFrame:
         models, errors, patterns = variants(args, model)
         if args.out is not None:
             frame = throughput(args, models, errors, patterns, settings, device, command, git_state, notes,
-                               load_before)
+                               load_before, images)
             written += [Path(args.out), Path(args.out).with_suffix(".json")]
         if args.time_shares is not None:
-            written += write_time_shares(args, models, settings, command, git_state, notes)
+            written += write_time_shares(args, models, settings, command, git_state, notes, images)
     print(f"\nwrote {', '.join(map(str, written))}")
     return frame
+
+
+def int8_images(args, settings):
+    """The calibration and check images of the int8 settings (None without any), built once for all."""
+    if not any(s.dtype == INT8 for s in settings):
+        if args.calibration_images is not None or args.calibration_dataset is not None:
+            raise BenchError("--calibration-images and --calibration-dataset go with int8 settings: add "
+                             "onnxruntime:int8 or openvino:int8 to --runtimes")
+        return None
+    count = CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+    if count < 1:
+        raise BenchError(f"--calibration-images {count}: give a whole number >= 1")
+    print(f"int8: {count} calibration and {count} check images ...", file=sys.stderr)
+    return calibration_images(args.input, count, seed=args.seed, dataset=args.calibration_dataset or "cifar10")
 
 
 def protocol(args) -> dict:
@@ -234,7 +262,8 @@ def variants(args, model):
     return models, errors, {BASE: [1] * len(ds.switches(model)), **patterns}
 
 
-def write_time_shares(args, models, settings, command: str, git_state: dict, notes: list[str]) -> list[Path]:
+def write_time_shares(args, models, settings, command: str, git_state: dict, notes: list[str],
+                      images=None) -> list[Path]:
     """Where each network's time goes in every CPU setting asked for (ds.bench.profile), and a sidecar."""
     profiled = [s for s in settings if s.runtime != "torch" or s.mode == "eager"]
     names = list(dict.fromkeys(s.short for s in profiled))
@@ -242,22 +271,25 @@ def write_time_shares(args, models, settings, command: str, git_state: dict, not
     load_before = os.getloadavg()
     print(f"profiling {len(models)} networks in {', '.join(names)} ...", file=sys.stderr)
     table, not_measured = time_share_table(models, args.input, settings[0].batch, names,
-                                           threads=settings[0].threads, seed=args.seed)
+                                           threads=settings[0].threads, seed=args.seed, images=images)
     path = Path(args.time_shares)
     table.to_csv(path, index=False)
     info = provenance(command, git=git_state, device="cpu", cpu_name=cpu_name(), threads=settings[0].threads,
                       batch=settings[0].batch, input=args.input, settings_not_measured=notes + skipped + not_measured,
                       load_average_before=load_before, load_average_after=os.getloadavg(),
                       meaning="ms per batch in each kind of layer, from each runtime's own profiler "
-                              "(ds.bench.profile.time_shares); shares of the four kinds' sum")
+                              "(ds.bench.profile.time_shares); shares of the four kinds' sum; int8_ms: the "
+                              "time in layers that ran in 8 bits, int8_convs of convs: the convolutions "
+                              "that did (OpenVINO exec types *_I8/_U8, ONNX Runtime QLinear* kernels)",
+                      **({"int8_images": images.record()} if images is not None else {}))
     side = write_sidecar(path, info)
-    print(table[["setting", "pattern", "total_ms"] + [c for c in table.columns if c.endswith("_share")]]
-          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    shown = ["setting", "pattern", "total_ms"] + [c for c in table.columns if c.endswith("_share")]
+    print(table[shown + ["int8_convs", "convs"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return [path, side]
 
 
 def throughput(args, models, errors, patterns, settings, device, command: str, git_state: dict,
-               notes: list[str], load_before) -> pd.DataFrame:
+               notes: list[str], load_before, images=None) -> pd.DataFrame:
     """The base and the --patterns, merged and verified, timed in every setting; the CSV and its sidecar."""
     macs = {name: int(ds.macs(m, args.input)) for name, m in models.items()}
     params = {name: int(ds.params(m)) for name, m in models.items()}
@@ -270,7 +302,7 @@ def throughput(args, models, errors, patterns, settings, device, command: str, g
     frame, record = measure_settings(
         models, args.input, settings, device, args.model, repeats=args.repeats, warmup=args.warmup,
         min_time=args.min_time, iters=args.iters, seed=args.seed, compile_mode=args.compile_mode,
-        macs=macs, params=params, base=BASE,
+        macs=macs, params=params, base=BASE, images=images,
         on_repeat=lambda name: (bar.set_postfix_str(name), bar.update()),
         log=lambda text: bar.write(text, file=sys.stderr))
     bar.close()

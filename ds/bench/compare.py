@@ -28,8 +28,7 @@ from .report import setting_rows, to_frame
 from .roofline import measure_peaks, roofline
 from .runtimes import MODES as RUNTIME_MODES
 from .runtimes import RUNTIMES, check_runtime, unsupported
-from .settings import (BenchError, check_mode, dtype_name, layout_name, resolve_dtype,
-                       resolve_layout)
+from .settings import INT8, BenchError, check_mode, layout_name, precision_name, resolve_layout
 from .timing import measure, resolve_mode
 
 BASE = "base"
@@ -51,7 +50,7 @@ def setting_labels(table: pd.DataFrame) -> pd.Series:
 class Setting:
     """One way of running the networks: runtime, dtype, layout, mode, CPU threads, batch."""
     runtime: str
-    dtype: str     # fp32, fp16, bf16
+    dtype: str     # fp32, fp16, bf16; int8 (onnxruntime, openvino: the network quantized)
     layout: str    # nchw or channels_last (torch); nchw input for the other runtimes
     mode: str      # torch: eager, compile, cudagraph; others: their own (ds.bench.runtimes.MODES)
     threads: int
@@ -74,15 +73,15 @@ class Setting:
 
 
 def parse_runtimes(text: str) -> list[tuple[str, str | None]]:
-    """'torch,onnxruntime,openvino:bf16' -> [(runtime, dtype or None)]; a ':dtype' suffix pins
-    that runtime's dtype instead of --dtypes."""
+    """'torch,onnxruntime,openvino:bf16,openvino:int8' -> [(runtime, dtype or None)]; a ':dtype'
+    suffix pins that runtime's dtype instead of --dtypes (int8: the network quantized for it)."""
     entries = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
         name, _, dtype = item.partition(":")
         check_runtime(name)
-        entries.append((name, dtype_name(resolve_dtype(dtype)) if dtype else None))
+        entries.append((name, precision_name(dtype) if dtype else None))
     if not entries:
         raise BenchError(f"--runtimes {text!r}: name at least one of {', '.join(RUNTIMES)}")
     return entries
@@ -99,7 +98,7 @@ def expand_settings(runtimes, dtypes, layouts, modes, threads, batches,
     device = resolve_device(device)
     runtimes = parse_runtimes(runtimes) if isinstance(runtimes, str) else [
         (r, None) if isinstance(r, str) else tuple(r) for r in runtimes]
-    dtypes = [dtype_name(resolve_dtype(d)) for d in dtypes]
+    dtypes = [precision_name(d) for d in dtypes]
     layouts = [layout_name(resolve_layout(l)) for l in layouts]
     modes = [check_mode(m) for m in modes]
     if not (dtypes and layouts and modes):
@@ -111,7 +110,9 @@ def expand_settings(runtimes, dtypes, layouts, modes, threads, batches,
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 resolved = [resolve_mode(m, device) for m in modes]
-            ways = itertools.product(wanted, layouts, resolved)
+            if INT8 in wanted:
+                notes.append(f"torch int8 not measured: {unsupported('torch', INT8, device)}")
+            ways = itertools.product([d for d in wanted if d != INT8], layouts, resolved)
         else:
             ways = []
             for dtype in wanted:
@@ -157,15 +158,19 @@ def measure_settings(models: Mapping[str, nn.Module], input_size, settings: list
                      model_name: str = "", *, repeats: int = 5, warmup: int = 3,
                      min_time: float = 0.5, iters: int | None = None, seed: int = 0,
                      compile_mode: str = "default", macs: Mapping[str, int] | None = None,
-                     params: Mapping[str, int] | None = None, base: str = BASE,
+                     params: Mapping[str, int] | None = None, base: str = BASE, images=None,
                      on_repeat: Callable[[str], None] | None = None,
                      log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """Time `models` in every setting (interleaved within each), bound each row by the roofline.
 
     Returns (frame, record): one row per network and setting with both speed-ups, and a record
-    of the load average per setting and the device peaks (for a provenance sidecar).
-    Peaks are a best case that a busy machine can only lower: measured before and after every
-    setting of a (dtype, threads) pair, the best kept, bounds computed last.
+    of the load average per setting, the peaks of each runtime and precision, and for int8
+    settings how each network was quantized and how its file compares with the float network
+    (for a provenance sidecar). int8 settings share `images` (an Int8Images; default:
+    ds.export.quantize.calibration_images at `input_size`, seeded with `seed`).
+    Peaks are a best case that a busy machine can only lower: measured (ds.bench.roofline) before
+    and after every setting of a (runtime, dtype, threads) triple, the best kept, bounds computed
+    last; every achieved fraction lies in (0, 1].
     """
     if base not in models:
         raise BenchError(f"the networks must include the base network as {base!r}")
@@ -173,36 +178,52 @@ def measure_settings(models: Mapping[str, nn.Module], input_size, settings: list
     log = log or (lambda text: print(text, file=sys.stderr))
     macs = dict(macs) if macs else {n: int(ds.macs(m, input_size)) for n, m in models.items()}
     params = dict(params) if params else {n: int(ds.params(m)) for n, m in models.items()}
-    peaks, measured, loads = {}, [], []
+    if images is None and any(s.dtype == INT8 for s in settings):
+        from ds.export.quantize import calibration_images
+        images = calibration_images(input_size, seed=seed)
+    peak_time = min(min_time, 0.1)   # per repeat of a peak kernel: they are large and steady
+    peaks, measured, loads, quantization = {}, [], [], {}
     for setting in settings:
         log(f"measuring {len(models)} models, {setting.label}, input {input_size}, "
             f"{repeats} interleaved repeats")
         load_start = os.getloadavg()
-        key = (setting.dtype, setting.threads)
+        key = (setting.runtime, setting.dtype, setting.threads)
         if key not in peaks:
-            peaks[key] = measure_peaks(dev, setting.dtype, threads=setting.threads)
+            peaks[key] = measure_peaks(dev, setting.dtype, threads=setting.threads, runtime=setting.runtime,
+                                       min_time=peak_time)
         torch_way = setting.runtime == "torch"
         results = measure(models, input_size, setting.batch, dev, setting.dtype,
                           setting.layout if torch_way else False,
                           setting.mode if torch_way else "eager",
                           repeats=repeats, warmup=warmup, min_time=min_time, iters=iters,
                           threads=setting.threads, compile_mode=compile_mode, seed=seed,
-                          runtime=setting.runtime, on_repeat=on_repeat)
-        peaks[key] = peaks[key].best(measure_peaks(dev, setting.dtype, threads=setting.threads))
+                          runtime=setting.runtime, images=images, on_repeat=on_repeat)
+        peaks[key] = peaks[key].best(measure_peaks(dev, setting.dtype, threads=setting.threads,
+                                                   runtime=setting.runtime, min_time=peak_time))
         load_end = os.getloadavg()
         measured.append((key, results, load_start))
         loads.append(dict(setting=setting.label, load_average_start=load_start,
                           load_average_end=load_end))
-    rows = []
-    for key, results, load_start in measured:
+        if setting.dtype == INT8:
+            quantization[setting.label] = {name: dict(settings=r.quantization, check=r.quantization_check)
+                                           for name, r in results.items()}
+    for key, results, _ in measured:   # first raise each peak to what any of its settings reached ...
         batch = next(iter(results.values())).batch
-        _, bounds = roofline(models, input_size, batch, dev, key[0],
+        peaks[key], _ = roofline(models, input_size, batch, dev, key[1],
+                                 {n: r.seconds_per_batch for n, r in results.items()}, peaks=peaks[key], macs=macs)
+    rows = []
+    for key, results, load_start in measured:   # ... then bound every row by the same peaks
+        batch = next(iter(results.values())).batch
+        _, bounds = roofline(models, input_size, batch, dev, key[1],
                              {n: r.seconds_per_batch for n, r in results.items()},
                              peaks=peaks[key], macs=macs)
         rows += setting_rows(model_name, results, bounds, macs, params, base=base,
                              load_average=load_start[0])
     frame = add_best_base(to_frame(rows), base)
-    return frame, dict(load_average_per_setting=loads, peaks=[asdict(p) for p in peaks.values()])
+    record = dict(load_average_per_setting=loads, peaks=[asdict(p) for p in peaks.values()])
+    if quantization:
+        record.update(int8_images=images.record(), quantization=quantization)
+    return frame, record
 
 
 def runtime_table(models: Mapping[str, nn.Module], input_size, batch: int = 16,

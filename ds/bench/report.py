@@ -11,7 +11,7 @@ from ds.paper import PAPER_MODEL, PAPER_V100_REPORTED_SPEEDUP
 from ds.provenance import git_commit, machine, utc_now, versions
 
 COLUMNS = ["model", "pattern", "runtime", "runtime_version", "device", "device_name", "torch",
-           "dtype", "layout", "mode", "batch", "input", "threads", "macs", "params",
+           "dtype", "layout", "mode", "quantization", "batch", "input", "threads", "macs", "params",
            "img_s_median", "img_s_min", "img_s_max", "speedup_same_runtime",
            "speedup_over_best_base", "best_base", "bound_s", "achieved_fraction", "load_average"]
 
@@ -27,7 +27,7 @@ def setting_rows(model_name, results, bounds, macs, params, base: str,
         rows.append(dict(
             model=model_name, pattern=pattern, runtime=r.runtime, runtime_version=r.runtime_version,
             device=r.device.split(":")[0], device_name=r.device_name, torch=torch.__version__,
-            dtype=r.dtype, layout=r.layout, mode=r.mode, batch=r.batch,
+            dtype=r.dtype, layout=r.layout, mode=r.mode, quantization=r.quantization, batch=r.batch,
             input=r.input_size[0] if r.input_size[0] == r.input_size[1]
             else f"{r.input_size[0]}x{r.input_size[1]}", threads=r.threads,
             macs=macs[pattern], params=params[pattern],
@@ -56,6 +56,10 @@ def format_table(frame: pd.DataFrame) -> str:
                  f"{setting['layout']} {setting['mode']}, batch {setting['batch']}, input "
                  f"{setting['input']}; load average {group['load_average'].iloc[0]:.2f}; best base: "
                  f"{group['best_base'].iloc[0]}")
+        # tables written before INT8 settings existed have no quantization column
+        quantization = group["quantization"].iloc[0] if "quantization" in group else None
+        if isinstance(quantization, str) and quantization:
+            title += f"\nquantization: {quantization}"
         header = ["model", "MMACs", "img/s median [min, max]", "speed-up", "over best base"]
         if show_paper:
             header.append("paper V100 speed-up (reported)")

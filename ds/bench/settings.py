@@ -16,6 +16,8 @@ DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
 }
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Not a torch dtype: the network quantized for a deployment runtime (ds.bench.runtimes, ds.export.quantize).
+INT8 = "int8"
 LAYOUTS = {"nchw": False, "channels_last": True, "nhwc": True}
 MODES = ("eager", "cudagraph", "compile")
 
@@ -30,11 +32,18 @@ def resolve_dtype(dtype) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise BenchError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16")
+    raise BenchError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16 (or int8 in onnxruntime and openvino)")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES[resolve_dtype(dtype)]
+
+
+def precision_name(dtype) -> str:
+    """dtype_name, and 'int8' for a quantized network."""
+    if isinstance(dtype, str) and dtype.lower() == INT8:
+        return INT8
+    return dtype_name(dtype)
 
 
 def resolve_layout(layout) -> bool:

@@ -30,7 +30,7 @@ from ds.provenance import device_name, resolve_device
 from .runtimes import MODES as RUNTIME_MODES
 from .runtimes import check_runtime, runtime_version, unsupported
 from .runtimes import prepare as prepare_runtime
-from .settings import (BenchError, available_mode, check_mode, dtype_name, fixed_threads, layout_name,
+from .settings import (INT8, BenchError, available_mode, check_mode, dtype_name, fixed_threads, layout_name,
                        resolve_dtype, resolve_layout)
 
 MIN_REPEATS = 5
@@ -58,6 +58,8 @@ class Throughput:
     mode_requested: str
     runtime: str = "torch"  # torch, onnxruntime or openvino (ds.bench.runtimes)
     runtime_version: str = torch.__version__
+    quantization: str = ""  # int8: the tool, its settings and the calibration images; "" in float
+    quantization_check: dict | None = None  # int8: the file against the float network (ds.export.quantize.compare)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -199,7 +201,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
             repeats: int = MIN_REPEATS, warmup: int = 3, min_time: float = 0.5,
             iters: int | None = None, threads: int | None = None,
             compile_mode: str = "default", in_chans: int = 3, seed: int = 0,
-            runtime: str = "torch",
+            runtime: str = "torch", images=None,
             on_repeat: Callable[[str], None] | None = None) -> dict[str, Throughput]:
     """Throughput of every model in `models` ({name: module}) in one setting, interleaved.
 
@@ -210,12 +212,21 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
 
     `runtime` 'onnxruntime' or 'openvino' (CPU only) exports each model to ONNX and times it in
     that runtime with `threads` intra-op threads (ds.bench.runtimes); layout and mode are then
-    the runtime's own (NCHW input) and must be left at their defaults.
+    the runtime's own (NCHW input) and must be left at their defaults. `dtype` 'int8' (those two
+    runtimes only) times each model quantized by ds.export.quantize, calibrated and checked on
+    `images` (an Int8Images; default: ds.export.quantize.calibration_images at `input_size`).
     """
     if not models:
         raise BenchError("no models to measure")
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
+    int8 = isinstance(dtype, str) and dtype.lower() == INT8
+    if int8 and runtime == "torch":
+        raise BenchError(unsupported("torch", INT8, dev))
+    if int8 and images is None:
+        from ds.export.quantize import calibration_images
+        images = calibration_images(input_size, seed=seed)
+    dt = torch.float32 if int8 else resolve_dtype(dtype)
+    precision = INT8 if int8 else dtype_name(dt)
     channels_last = resolve_layout(channels_last)
     check_runtime(runtime)
     if runtime == "torch":
@@ -224,7 +235,7 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
         if channels_last or mode != "eager":
             raise BenchError(f"layout and mode choose how torch runs; {runtime} takes NCHW input and "
                              "runs its own way: leave channels_last=False and mode='eager'")
-        reason = unsupported(runtime, dtype_name(dt), dev)
+        reason = unsupported(runtime, precision, dev)
         if reason:
             raise BenchError(reason)
         ran_mode = RUNTIME_MODES[runtime]
@@ -248,14 +259,14 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
         x = random_batch(batch, input_size, dev, dt if runtime == "torch" else torch.float32,
                          channels_last, in_chans, seed)
         graph_pool = torch.cuda.graph_pool_handle() if ran_mode == "cudagraph" else None
-        steps, loop_iters = {}, {}
+        steps, loop_iters, quantized = {}, {}, {}
         for index, (name, model) in enumerate(models.items()):
             if runtime == "torch":
                 net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
                 step = prepare_step(net, x, ran_mode, compile_mode, graph_pool)
             else:
-                step = prepare_runtime(runtime, model, x, n_threads, dtype_name(dt), workdir,
-                                       f"model{index}")
+                step, quantized[name] = prepare_runtime(runtime, model, x, n_threads, precision, workdir,
+                                                        f"model{index}", images)
             steps[name] = step
             for _ in range(max(1, warmup)):
                 step()
@@ -273,14 +284,16 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
 
     common = dict(batch=batch, input_size=image_size(input_size), repeats=repeats, warmup=warmup,
                   threads=n_threads, device=str(dev), device_name=device_name(dev),
-                  dtype=dtype_name(dt), layout=layout_name(channels_last), mode=ran_mode,
+                  dtype=precision, layout=layout_name(channels_last), mode=ran_mode,
                   mode_requested=mode, runtime=runtime, runtime_version=runtime_version(runtime))
     results = {}
     for name, values in img_s.items():
         median = statistics.median(values)
+        q = quantized.get(name)
         results[name] = Throughput(img_s_median=median, img_s_min=min(values),
                                    img_s_max=max(values), img_s=values,
                                    seconds_per_batch=batch / median, iters=loop_iters[name],
+                                   quantization=q.label if q else "", quantization_check=q.check if q else None,
                                    **common)
     return results
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ds.cost import image_size
 
-from .settings import resolve_dtype
+from .settings import INT8, resolve_dtype
 
 COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -54,7 +54,8 @@ def activation_elements(model: nn.Module, input_size, in_chans: int = 3) -> int:
 
 def memory_traffic(model: nn.Module, input_size, batch: int = 1, dtype=torch.float32,
                    in_chans: int = 3) -> int:
-    """Bytes a forward pass of `batch` images must move at least, with tensors stored in `dtype`."""
-    itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    """Bytes a forward pass of `batch` images must move at least, with tensors stored in `dtype`
+    ('int8': one byte each, the least a quantized network can store)."""
+    itemsize = 1 if dtype == INT8 else torch.empty((), dtype=resolve_dtype(dtype)).element_size()
     return itemsize * (batch * activation_elements(model, input_size, in_chans)
                        + _weight_elements(model))

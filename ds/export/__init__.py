@@ -1,6 +1,7 @@
 """A trained network, merged, as files a deployment runtime loads on its own: ONNX and OpenVINO IR.
 
     ds.export.export(model, "out/", input_size=224)     merge (if needed), write, check every file
+    ds.export.quantize.export_int8(model, "out/")       the same, plus INT8 files, calibrated and checked
     ds.load_network("runs/x/checkpoint.pt")             any network file ds wrote (base, shrunk, merged)
     python -m ds.export --checkpoint runs/x/checkpoint.pt --out out/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out out/   (random weights)

@@ -3,9 +3,12 @@
     python -m ds.export --checkpoint runs/finetune-k8/checkpoint.pt --out exported/
     python -m ds.export --checkpoint data/checkpoints/cpu/searched-k11@openvino-merged.pt --out exported/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out exported/
+    python -m ds.export --checkpoint data/checkpoints/cpu/base.pt --int8 --out exported/   (+ INT8 files)
 
 Each file is checked in its runtime against the torch network it came from (max relative
-error printed); a mismatch beyond the tolerance is an error (exit code 2).
+error printed); a mismatch beyond the tolerance is an error (exit code 2). --int8 also writes
+NAME.int8.onnx (ONNX Runtime static QDQ) and NAME.int8.xml/.bin (OpenVINO, NNCF), calibrated on
+seeded training images and checked against the float network (ds.export.quantize).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ds.networks import load_network
 from ds.train import CheckpointError
 
 from . import FORMATS, ExportError, export
+from .quantize import CALIBRATION_DATASET, CALIBRATION_IMAGES, CALIBRATION_SEED, export_int8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of onnx, openvino")
     p.add_argument("--merge-depthwise-separable", action="store_true",
                    help="also merge the expansion-1 block's dw+pw pair into one dense conv")
+    p.add_argument("--int8", action="store_true",
+                   help="also write the INT8 files (NAME.int8.onnx, NAME.int8.xml), each checked against the "
+                        "float network")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help=f"with --int8: training images to calibrate on (default {CALIBRATION_IMAGES}; as many "
+                        "more, the next of the same permutation, for the check)")
+    p.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED,
+                   help=f"with --int8: seeds the permutation of the training split (default {CALIBRATION_SEED})")
+    p.add_argument("--calibration-dataset", default=CALIBRATION_DATASET,
+                   help="with --int8: cifar10 (default; ships in the repository), cifar100 or fake")
     return p.parse_args(argv)
 
 
@@ -72,14 +86,23 @@ def main(argv=None) -> int:
     try:
         model = build(args)
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-        result = export(model, args.out, args.input, name=args.name, formats=formats,
-                        merge_depthwise_separable=args.merge_depthwise_separable)
+        options = dict(name=args.name, formats=formats, merge_depthwise_separable=args.merge_depthwise_separable)
+        if args.int8:
+            result = export_int8(model, args.out, args.input, calibration_count=args.calibration_images,
+                                 calibration_seed=args.calibration_seed,
+                                 calibration_dataset=args.calibration_dataset, **options)
+        else:
+            result = export(model, args.out, args.input, **options)
     except (ExportError, UnsupportedModelError, PatternError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for fmt, path in result.files.items():
-        print(f"wrote {path}" + (f" (+ {path.with_suffix('.bin')})" if fmt == "openvino" else ""))
+        print(f"wrote {path}" + (f" (+ {path.with_suffix('.bin')})" if fmt.startswith("openvino") else ""))
     for where, e in result.checks.items():
+        if where.endswith("/int8"):
+            print(f"checked {where} against the float network on {e['check_images']}: top-1 agreement "
+                  f"{e['top1_agreement']:.1%}, relative RMS error {e['rel_rms_error']:.3f} (limit {e['max_error']:g})")
+            continue
         print(f"checked {where}: max relative error {e['max_rel']:.2e} (max abs {e['max_abs']:.2e}, "
               f"tolerance {e['tolerance']:g})")
     print(f"wrote {result.record}")
