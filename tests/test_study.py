@@ -231,6 +231,43 @@ def test_candidate_reading_ranks_every_searched_pattern_and_weighs_the_latency_t
     assert "runs at 1.25x the speed of `searched-k6` with +5.00 points" in text
 
 
+def test_candidate_reading_gives_each_search_method_its_line():
+    from ds.study.search import candidate_reading
+    rows = [("searched-k6", "searched", 70.0, "0011"), ("dp-k6", "dp", 77.0, "1001"),
+            ("dp-k6@openvino", "dp", 74.0, "0110"), ("sensitivity-k6", "sensitivity", 76.0, "0101")]
+    table = pd.DataFrame([{"pattern": p, "source": s, "removed_blocks": 6, "top1": t, "speedup": 1.2,
+                           "pattern_bits": b, "test_images": 10_000} for p, s, t, b in rows])
+    text = candidate_reading(table)
+    assert "The best searched pattern, `searched-k6`, reaches 70.00%" in text and "ranks 4 of 4" in text
+    assert "The best DP pattern, `dp-k6`, reaches 77.00%" in text and "`dp-k6@openvino` 74.00%, rank 3" in text
+    assert "sensitivity 76.00%" in text
+
+
+def test_the_equal_speed_dp_pattern_saves_at_least_as_much_as_every_rival():
+    """dp-k<budget>@<runtime>: as many removed blocks as the budget's other candidates, and by the
+    latency table at least as fast as the fastest of them, at the least total drop."""
+    from itertools import combinations
+
+    from ds.dpsearch import DPSearchResult
+    from ds.study.search import equal_speed_patterns
+    searched = [1, 2, 3, 4, 5]
+    costs = {1: 0.5, 2: 1.0, 3: 0.1, 4: 2.0, 5: 0.3}
+    savings = {1: 0.1, 2: 0.4, 3: 0.05, 4: 0.5, 5: 0.1}
+    dp = DPSearchResult(num_switches=7, searched=searched, costs=costs, savings=savings)
+
+    def pattern(removed):
+        return [0 if i in removed else 1 for i in range(7)]
+    rivals = {"sensitivity-k3": pattern({3, 5}), "random-k3-1": pattern({1, 2}), "dp-k3": pattern({3, 5})}
+    found = equal_speed_patterns(dp, rivals, [3], "openvino")["dp-k3@openvino"]
+    removed = {i for i in searched if found[i] == 0}
+    assert len(removed) == 2 and sum(savings[i] for i in removed) >= 0.5   # random-k3-1 saves 0.5, the most
+    best = min((sum(costs[i] for i in c), c) for c in combinations(searched, 2)
+               if sum(savings[i] for i in c) >= 0.5)
+    assert removed == set(best[1]) == {2, 5}                               # 1.3 points, as a brute force finds
+    with pytest.raises(ValueError, match="latency table"):
+        equal_speed_patterns(DPSearchResult(7, searched, costs), rivals, [3], "openvino")
+
+
 def test_the_published_networks_load_and_classify():
     """data/checkpoints/cpu: the base (84.28% on all 10,000 test images) and the merged searched
     network (79.39%) load as documented and still classify 1,000 test images about as well."""

@@ -20,7 +20,7 @@ def test_the_work_is_counted_from_the_profile():
     chapter1 = sizing.chapter_work({**GPU, "base_epochs": 10})["01_observation"]
     assert work["01_observation"].trained - chapter1.trained == 20 * sizing.CIFAR10_TRAIN   # 30 vs 10 base epochs
     assert sizing.removed("DS-A") == 6 and sizing.removed("DS-E") == 11 and sizing.removed(11) == 6
-    assert sizing.candidates_per_budget(GPU) == [4]   # searched, sensitivity, one random, DS-A
+    assert sizing.candidates_per_budget(GPU) == [5]   # searched, DP, sensitivity, one random, DS-A
     assert sizing.finetuned_patterns(GPU) == 1
     assert all(w.fixed_s >= sizing.CHAPTER_START_S for w in work.values())
 

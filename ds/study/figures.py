@@ -120,8 +120,8 @@ def latency_bars(saved_ms: pd.DataFrame, title: str):
     return fig
 
 
-SOURCE_COLORS = {"searched": KEEP, "paper": "#c44e52", "sensitivity": "#55a868", "random": "#999999",
-                 "given": "#8172b2", "base": "k"}
+SOURCE_COLORS = {"searched": KEEP, "dp": "#dd8452", "paper": "#c44e52", "sensitivity": "#55a868",
+                 "random": "#999999", "given": "#8172b2", "base": "k"}
 
 
 def accuracy_vs_speed(table: pd.DataFrame, base_top1: float, base_ms: float, setting: str):

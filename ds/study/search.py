@@ -1,5 +1,10 @@
 """Chapter 2, the search: which blocks lose their activations (gate search, per-runtime latency terms,
-sensitivity, paper and random patterns), each candidate finetuned alike and timed merged.
+the DP search, sensitivity, paper and random patterns), each candidate finetuned alike and timed merged.
+
+Every choice the searches make is measured on training images: the sensitivity ranking and the DP
+search's importance table on the same held-out part of the training set (`held_out`, never used
+by their finetunes), the gate search on its training batches. The test set gives the candidates'
+final numbers only.
 
 Each step takes the chapter's context (`study.setup`) and its parameters, writes its table to the
 run directory (row by row where a row is expensive, so an interrupted chapter resumes) and returns
@@ -8,17 +13,19 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import shutil
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pandas as pd
 import torch
 
 import ds
-from ds import bench, gating
+from ds import bench, dpsearch, gating
 from ds.bench.latency import table_from
 from ds.bench.compare import short_name
 from ds.bench.profile import SETTINGS
@@ -169,11 +176,36 @@ def _removed(pattern) -> list[int]:
     return [i for i, keep in enumerate(pattern) if not keep]
 
 
-def sensitivity(ch: Chapter, base, test_images: int, batch_size: int):
-    """The one-shot baseline: blocks ranked by the top-1 drop when linearized alone."""
-    subset = ch.data.limit(None, test_images, seed=ch.seed)
-    _, test_loader = loaders(subset, batch_size, ch.device, ch.seed)
-    return gating.sensitivity_ranking(base, test_loader)
+def held_out(ch: Chapter, images: int):
+    """A loader over `images` training images held out of every finetune the searches make
+    (`ds.dpsearch.holdout_split` with the run's seed): where chapter 2 measures its choices."""
+    _, indices = dpsearch.holdout_split(len(ch.train_loader.labels), images, ch.seed)
+    return ch.train_loader.subset(indices, train=False)
+
+
+def sensitivity(ch: Chapter, base, holdout_images: int):
+    """The one-shot baseline: blocks ranked by the top-1 drop, on the held-out training images,
+    when linearized alone."""
+    return gating.sensitivity_ranking(base, held_out(ch, holdout_images))
+
+
+def dp_search(ch: Chapter, base, steps: int, holdout_images: int, lr: float, latency=None):
+    """The DP search (`ds.dpsearch`): each block's importance (top-1 drop on the held-out training
+    images after `steps` finetuning batches at `lr` with only that block linearized; resumes from
+    <run_dir>/02_search/dp/), then the exact DP over it and, when given, a latency table (what
+    `equal_speed_patterns` needs)."""
+    table = dpsearch.importance_table(base, ch.train_loader, dpsearch.entry_config(lr, ch.seed), steps=steps,
+                                      holdout=holdout_images, seed=ch.seed, out_dir=ch.layout.chapter_dir("02_search") / "dp",
+                                      resume=True, progress=False)
+    return dpsearch.plan(base, table, latency)
+
+
+def importance_frame(sensitivity_result, dp) -> pd.DataFrame:
+    """Per searched block, the two measured importances side by side: the one-shot drop
+    (sensitivity) and the drop after the DP search's short finetune, in top-1 points."""
+    return pd.DataFrame({"switch": sensitivity_result.searched, "one-shot drop": sensitivity_result.scores,
+                         "drop after finetune (DP)": [dp.costs[i] for i in sensitivity_result.searched]}) \
+        .set_index("switch").T
 
 
 def resolve_budgets(base, budgets: list) -> list[int]:
@@ -192,13 +224,16 @@ def resolve_budgets(base, budgets: list) -> list[int]:
 
 
 def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: int, backbone: str,
-                       runtime_searches: dict[str, dict] | None = None, random_count: int = 1) -> dict[str, list[int]]:
-    """Searched, sensitivity and `random_count` random patterns (random-k<budget>-<i>) at every
-    searched budget, the searches with a runtime's latency term (searched-k<budget>@<runtime>), then
-    the paper's (when it has patterns for this backbone)."""
+                       runtime_searches: dict[str, dict] | None = None, random_count: int = 1,
+                       dp=None) -> dict[str, list[int]]:
+    """Searched, DP (dp-k<budget>, with `dp`), sensitivity and `random_count` random patterns
+    (random-k<budget>-<i>) at every searched budget, the searches with a runtime's latency term
+    (searched-k<budget>@<runtime>), then the paper's (when it has patterns for this backbone)."""
     patterns = {}
     for budget, result in searches.items():
         patterns[f"searched-k{budget}"] = result.pattern(budget)
+    for budget in searches if dp is not None else ():
+        patterns[f"dp-k{budget}"] = dp.pattern(budget)
     for budget in searches:
         patterns[f"sensitivity-k{budget}"] = sensitivity_result.pattern(budget)
     for budget in searches:
@@ -212,11 +247,31 @@ def candidate_patterns(base, searches: dict, sensitivity_result, random_seed: in
     return patterns
 
 
+def equal_speed_patterns(dp, patterns: dict[str, list[int]], budgets: list[int], runtime: str) -> dict[str, list[int]]:
+    """Per budget, the DP's pattern at the same number of removed blocks that saves, by `dp`'s
+    latency table (`runtime`'s), at least as much time as the fastest other candidate there:
+    dp-k<budget>@<runtime>, the searched pattern at equal speed. `dp` needs a latency table."""
+    if dp.savings is None:
+        raise ValueError("equal_speed_patterns needs the DP search run with a latency table (dp_search(latency=...))")
+    found = {}
+    for budget in budgets:
+        removed = len(dp.searched) - budget
+        rivals = [p for name, p in patterns.items() if pattern_source(name) != "dp"
+                  and sum(1 for i in dp.searched if p[i] == 0) == removed]
+        # the savings added exactly, as the DP adds them, and rounded down: the fastest rival stays feasible
+        fastest = max((sum(Fraction(dp.savings[i]) for i in dp.searched if p[i] == 0) for p in rivals),
+                      default=Fraction(0))
+        need = math.nextafter(float(fastest), -math.inf) if fastest > 0 else 0.0
+        choice = dp.removal(removed=removed, latency_budget=-need, base_latency=0.0)   # saves at least `need`
+        found[f"dp-k{budget}@{runtime}"] = list(choice.pattern)
+    return found
+
+
 def pattern_source(name: str) -> str:
-    """Where a pattern comes from: base, searched, sensitivity, random, paper, or given (a 0/1 list)."""
+    """Where a pattern comes from: base, searched, dp, sensitivity, random, paper, or given (a 0/1 list)."""
     if name == "base":
         return "base"
-    for source in ("searched", "sensitivity", "random"):
+    for source in ("searched", "dp", "sensitivity", "random"):
         if name.startswith(source + "-"):
             return source
     return "paper" if any(name in patterns for patterns in ds.PATTERNS.values()) else "given"
@@ -307,32 +362,39 @@ def candidate_table(finetuned: pd.DataFrame, speed: pd.DataFrame, base_top1: flo
 
 
 def candidate_reading(table: pd.DataFrame) -> str:
-    """Per number of removed blocks: where the searched pattern ranks, against the paper's, the
-    sensitivity-ranked and the random patterns, with the test set's standard error."""
+    """Per number of removed blocks: where the best pattern of each search (the gate search, the DP
+    search) ranks, against the paper's, the sensitivity-ranked and the random patterns, with the
+    test set's standard error."""
     lines = []
     for removed, group in table.groupby("removed_blocks"):
         by_source = {source: g for source, g in group.groupby("source")}
-        searched = by_source.get("searched")
-        if searched is None:
-            continue
-        best = searched.sort_values("top1").iloc[-1]
-        se = test_se(best["top1"], int(best["test_images"]))
         parts = []
         for source in ("paper", "sensitivity", "random"):
             if source in by_source:
                 others = by_source[source]["top1"]
                 parts.append(f"{source} {others.mean():.2f}%" + (f" (mean of {len(others)}, {others.min():.2f} to "
                                                                  f"{others.max():.2f})" if len(others) > 1 else ""))
+
         def rank(top1: float) -> int:
             return int((group["top1"] > top1).sum()) + 1
 
-        rest = "".join(f"; `{row['pattern']}` {row['top1']:.2f}%, rank {rank(row['top1'])}"
-                       for _, row in searched.sort_values("top1", ascending=False).iloc[1:].iterrows())
-        lines.append(f"- **{removed} blocks removed.** The best searched pattern, `{best['pattern']}`, reaches "
-                     f"{best['top1']:.2f}% (+- {se:.2f}, the test set's standard error) and ranks "
-                     f"{rank(best['top1'])} of {len(group)}{rest}; " + ", ".join(parts) + ". Differences under about "
-                     f"{2 * 2 ** 0.5 * se:.1f} points (two standard errors of a difference) are within the test "
-                     f"set's noise." + _latency_term_sentence(group))
+        sentences = []
+        for source, label in (("searched", "searched pattern"), ("dp", "DP pattern")):
+            if source not in by_source:
+                continue
+            ranked = by_source[source].sort_values("top1", ascending=False)
+            best = ranked.iloc[0]
+            se = test_se(best["top1"], int(best["test_images"]))
+            rest = "".join(f"; `{row['pattern']}` {row['top1']:.2f}%, rank {rank(row['top1'])}"
+                           for _, row in ranked.iloc[1:].iterrows())
+            sentences.append(f"The best {label}, `{best['pattern']}`, reaches {best['top1']:.2f}% (+- {se:.2f}, the "
+                             f"test set's standard error) and ranks {rank(best['top1'])} of {len(group)}{rest}.")
+        if not sentences:
+            continue
+        se = test_se(group["top1"].max(), int(group["test_images"].iloc[0]))
+        lines.append(f"- **{removed} blocks removed.** " + " ".join(sentences) + " Beside them: " + ", ".join(parts)
+                     + f". Differences under about {2 * 2 ** 0.5 * se:.1f} points (two standard errors of a "
+                     f"difference) are within the test set's noise." + _latency_term_sentence(group))
     return "\n".join(lines)
 
 

@@ -50,10 +50,12 @@ def removed(budget) -> int:
 
 def candidates_per_budget(profile: dict) -> list[int]:
     """Chapter 2's candidates at each budget: the search, the sensitivity ranking, the random
-    patterns, one search per latency runtime and the paper's patterns that remove as many blocks."""
+    patterns, one search per latency runtime, the DP search's (at the budget, and at equal speed
+    per runtime) and the paper's patterns that remove as many blocks."""
     paper = [removed(name) for name in PATTERNS.get(profile["backbone"], {})]
     runtimes = len(profile.get("latency_runtimes") or [])
-    return [2 + profile.get("random_patterns", 1) + runtimes + paper.count(removed(b))
+    dp = (1 + runtimes) if profile.get("dp_steps") else 0   # dp-k<budget>, and one at equal speed per runtime
+    return [2 + profile.get("random_patterns", 1) + runtimes + dp + paper.count(removed(b))
             for b in profile["search_budgets"]]
 
 
@@ -105,7 +107,10 @@ def chapter_work(profile: dict) -> dict[str, Work]:
     searches = budgets * (1 + runtimes + (1 if runtimes else 0))   # + one control search with latency tables
     w.trained += searches * p["search_epochs"] * n * SEARCH_COST
     w.evaluated += searches * p["search_epochs"] * t
-    w.evaluated += (SEARCHABLE_BLOCKS + 1) * p["sensitivity_test_images"]
+    w.evaluated += (SEARCHABLE_BLOCKS + 1) * p["holdout_images"]
+    if p.get("dp_steps"):   # the DP's importance table: the reference and every block finetuned, then measured
+        w.trained += (SEARCHABLE_BLOCKS + 1) * p["dp_steps"] * p["batch_size"]
+        w.evaluated += (SEARCHABLE_BLOCKS + 2) * p["holdout_images"]
     w.fixed_s += runtimes * SEARCHABLE_BLOCKS * 2 * (LATENCY_REPEATS * p.get("latency_min_time", 0.1) + 0.5)
     candidates = sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
     w.trained += candidates * p.get("candidate_epochs", 1) * n
