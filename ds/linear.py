@@ -42,11 +42,16 @@ class LinearStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = x
-        for conv, norm in zip(self.convs, self.norms):
-            y = norm(conv(y))
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            y = self.after_norm(index, norm(conv(y)))
         if self.has_skip:
             shortcut = F.pad(x, [self.skip_shift] * 4) if self.skip_shift else x
             y = self.drop_path(y) + shortcut
+        return y
+
+    def after_norm(self, index: int, y: Tensor) -> Tensor:
+        """What follows conv `index` and its norm: nothing, the stage is linear. A subclass may put
+        an activation back for a while (ds.train.anneal blends the removed ones out during training)."""
         return y
 
     def affines(self) -> list[Affine]:

@@ -5,6 +5,7 @@ The three stages (CIFAR-10 from $DS_DATA, CIFAR strides for inputs of 64 px or l
   search:    python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 20 --lr 0.01
                --init runs/base/checkpoint.pt --search-budget 8 --out runs/search
                (writes gates.csv and patterns.json)
+               (--gate-optimizer, --gate-centre, --gate-init sensitivity, ...: ds.gating.SearchOptions)
   DP search: the same with --search-method dp [--dp-steps 50 --dp-holdout 2000]: per block, a short
                finetune with only it linearized, measured on held-out training images (importance.csv),
                then an exact DP (ds.dpsearch; patterns.json with dp-k<K>, frontier.csv with
@@ -12,6 +13,13 @@ The three stages (CIFAR-10 from $DS_DATA, CIFAR strides for inputs of 64 px or l
   finetune:  python -m ds.train --backbone mobilenetv2_140 --dataset cifar10 --epochs 100 --lr 0.01
                --pattern runs/search/patterns.json:searched-k8 --init runs/base/checkpoint.pt
                --teacher runs/base/checkpoint.pt --out runs/ds-k8   (self-distillation)
+  recovery:  the finetune with --anneal-end E [--anneal-start S]: the removed activations fade out
+               between epochs S and E (g: 1 -> 0 per step, x + g (act(x) - x); the block's final ReLU6
+               fades in), in merge-ready form, so the network at E is the one ds.merge deploys;
+               --progressive K removes K switches at a time over that window, in --removal-order
+               (network, reverse, or switch indices such as 0,3,2,...); --recalibrate-bn N recomputes
+               BatchNorm statistics on N training batches before the first step; --holdout N evaluates
+               every epoch on N held-out training images (holdout_acc), to choose settings on
   DDP:       torchrun --nproc_per_node 8 -m ds.train ...   (same arguments)
 --batch-size is the global batch (split over processes); --lr applies to it. --input-size other
 than the stored 32 px resizes CIFAR with area interpolation (the study trains at 16 px this way).
@@ -116,9 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"dp: finetuning batches per block (default {dpsearch.DEFAULT_STEPS}; 0: none)")
     p.add_argument("--dp-holdout", type=positive_int,
                    help=f"dp: training images held out to measure each block on (default {dpsearch.DEFAULT_HOLDOUT})")
-    p.add_argument("--gate-lr", type=positive, default=0.01)
+    p.add_argument("--gate-lr", type=positive, default=0.01, help="learning rate of the gate scores")
+    gate = p.add_argument_group("how the gate search trains its scores (ds.gating.SearchOptions; default: Adam, "
+                                "centred, from the sensitivity at scale 3; the first version's search: "
+                                "--no-gate-centre --gate-init zeros)")
+    gate.add_argument("--gate-optimizer", choices=gating.GATE_OPTIMIZERS,
+                      help="adam, or sgd with the weights' momentum (as the reference code)")
+    gate.add_argument("--gate-weight-decay", type=non_negative, help="weight decay on the scores")
+    gate.add_argument("--gate-centre", action=argparse.BooleanOptionalAction, default=None,
+                      help="keep the scores centred (their common drift removed every step)")
+    gate.add_argument("--gate-init", choices=gating.GATE_INITS,
+                      help="initial scores: zeros, or the standardized one-shot sensitivity on training images")
+    gate.add_argument("--gate-init-scale", type=non_negative, help="sensitivity init: scores = scale * z-score")
+    gate.add_argument("--gate-init-images", type=positive_int, help="sensitivity init: training images measured on")
+    gate.add_argument("--gate-temperature", type=positive, help="the gradient is that of sigmoid(score / T)")
     p.add_argument("--latency-table", help="JSON of time saved per block (see ds.gating.load_latency_table)")
     p.add_argument("--latency-weight", type=non_negative, default=0.0)
+    p.add_argument("--anneal-end", type=non_negative, default=0.0,
+                   help="epoch by which the removed activations have faded to identity (default 0: removed at once)")
+    p.add_argument("--anneal-start", type=non_negative, default=0.0, help="epoch at which they start to fade")
+    p.add_argument("--progressive", type=count, default=0,
+                   help="remove K switches at a time, groups one after another over the anneal window (0: all)")
+    p.add_argument("--removal-order", default="network",
+                   help="progressive order: network (input first), reverse, or switch indices such as 0,3,2,...")
+    p.add_argument("--recalibrate-bn", type=count, default=0,
+                   help="recompute BatchNorm statistics on N training batches before training (0: off)")
+    p.add_argument("--holdout", type=positive_int,
+                   help="hold out N training images (not trained on) and evaluate on them every epoch")
     p.add_argument("--limit-train", type=positive_int, help="use a random subset of N training images (default: all)")
     p.add_argument("--limit-test", type=positive_int, help="use a random subset of N test images (default: all)")
     p.add_argument("--workers", type=count, default=4, help="DataLoader workers (imagefolder)")
@@ -175,6 +207,17 @@ def _data(args, dist: ddp.DistInfo, input_size: int, channels_last: bool):
                                  dataset.std, train=True, cutout=args.cutout, **common),
             loaders.DeviceLoader(dataset.test_images, dataset.test_labels, args.batch_size, dataset.mean,
                                  dataset.std, train=False, **common), dataset.num_classes)
+
+
+def split_holdout(train_loader, holdout: int | None, seed: int):
+    """(training loader, held-out loader or None): `holdout` training images set aside
+    (ds.dpsearch.holdout_split, a seeded random draw), evaluated without augmentation."""
+    if holdout is None:
+        return train_loader, None
+    if not isinstance(train_loader, loaders.DeviceLoader):
+        raise ValueError("--holdout needs an in-memory dataset (cifar10, cifar100, fake), not imagefolder")
+    kept, held = dpsearch.holdout_split(len(train_loader.labels), holdout, seed)
+    return train_loader.subset(kept), train_loader.subset(held, train=False)
 
 
 # ---------------------------------------------------------------- the output directory
@@ -242,6 +285,18 @@ def resume_command(argv: list[str], dist: ddp.DistInfo) -> str:
 
 # ---------------------------------------------------------------- main
 
+GATE_OPTIONS = {"gate_optimizer": "optimizer", "gate_weight_decay": "weight_decay", "gate_centre": "centre",
+                "gate_init": "init", "gate_init_scale": "init_scale", "gate_init_images": "init_images",
+                "gate_temperature": "temperature"}   # --gate-* flag -> ds.gating.SearchOptions field
+
+
+def search_options(args) -> "gating.SearchOptions":
+    """The gate search's options: SearchOptions' defaults, with the --gate-* flags given."""
+    return gating.SearchOptions(**{field: getattr(args, name) for name, field in GATE_OPTIONS.items()
+                                   if getattr(args, name) is not None})
+
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     parser = build_parser()
@@ -252,9 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--search-method needs --search-budget K (the blocks that keep their activations)")
     if args.search_method != "dp" and (args.dp_steps is not None or args.dp_holdout is not None):
         parser.error("--dp-steps and --dp-holdout are for --search-method dp")
+    gate_flags = [f"--{name.replace('_', '-')}" for name in GATE_OPTIONS if getattr(args, name) is not None]
+    if gate_flags and (args.search_budget is None or args.search_method == "dp"):
+        parser.error(f"{' '.join(gate_flags)}: options of the gate search (--search-budget K, --search-method gate)")
     if args.search_method == "dp" and args.latency_weight:
         parser.error("--latency-weight is the gate search's: the DP search takes --latency-table alone "
                      "(it writes frontier.csv, the least-drop pattern at every saving)")
+    if args.holdout is not None and args.search_budget is not None:
+        parser.error("--holdout is for training and finetuning, not a search (the DP search holds out its own "
+                     "images: --dp-holdout)")
     out = Path(args.out)
     check_writable(out)
     if args.threads:
@@ -282,6 +343,7 @@ def train(args, out: Path, dist: ddp.DistInfo) -> None:
     channels_last = dist.device.type == "cuda"
     torch.backends.cudnn.benchmark = dist.device.type == "cuda"   # fixed input sizes: autotune once
     train_loader, test_loader, num_classes = _data(args, dist, input_size, channels_last)
+    train_loader, holdout_loader = split_holdout(train_loader, args.holdout, args.seed)
     pattern = parse_pattern(args.pattern, create_model(args.backbone, num_classes=num_classes, input_size=input_size))
     model = build_model(args.backbone, num_classes, input_size, pattern, args.init)
     teacher = build_teacher(args.teacher, args.backbone, num_classes, input_size) if args.teacher else None
@@ -289,11 +351,13 @@ def train(args, out: Path, dist: ddp.DistInfo) -> None:
                       warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, amp=args.amp,
                       channels_last=channels_last, ema_decay=args.ema_decay, distill_alpha=args.distill_alpha,
                       distill_temperature=args.distill_temperature, gate_lr=args.gate_lr, seed=args.seed,
-                      progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch, compile=args.compile)
+                      progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch, compile=args.compile,
+                      anneal_start=args.anneal_start, anneal_end=args.anneal_end, progressive=args.progressive,
+                      removal_order=args.removal_order, recalibrate_bn=args.recalibrate_bn)
     extra = {"cli": vars(args)}
     if args.search_budget is None:
         fit(model, train_loader, test_loader, cfg, out_dir=out, teacher=teacher, resume=args.resume, dist=dist,
-            extra=extra)
+            extra=extra, holdout_loader=holdout_loader)
         return
     latency = gating.load_latency_table(args.latency_table) if args.latency_table else None
     if args.search_method == "dp":
@@ -310,7 +374,7 @@ def train(args, out: Path, dist: ddp.DistInfo) -> None:
         return
     result = gating.search(model, train_loader, test_loader, args.search_budget, cfg, out_dir=out, latency=latency,
                            latency_weight=args.latency_weight, teacher=teacher, resume=args.resume, dist=dist,
-                           extra=extra)
+                           extra=extra, options=search_options(args))
     if dist.is_main:
         print(f"ranking (switch indices, keep first): {result.ranking}")
         print(f"pattern for budget {args.search_budget}: {result.pattern(args.search_budget)}")

@@ -3,6 +3,9 @@
 SGD with Nesterov momentum, per-step cosine schedule with linear warm-up, label smoothing, no
 weight decay on BN and biases, AMP (bf16/fp16) and channels_last on GPU, optional EMA, optional
 self-distillation from a teacher; what varies per use (the gate search) comes in as `FitHooks`.
+Recovery after removal, set in TrainConfig: annealed or progressive removal (`anneal_end`,
+`progressive`; ds.train.anneal, positioned by the step count before every step) and BatchNorm
+recalibration on a fresh start (`recalibrate_bn`; ds.train.recalibrate).
 The same code runs single-process and under `torchrun` (DDP).
 """
 from __future__ import annotations
@@ -21,12 +24,14 @@ from ds import ddp
 from ds.distill import distillation_loss
 from ds.meta import NetInfo, info
 
+from . import anneal as annealing
 from .checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig, amp_dtype
 from .ema import ModelEma
 from .evaluate import autocast, evaluate
 from .hooks import FitHooks
 from .optim import param_groups, warmup_cosine
+from .recalibrate import recalibrate_batchnorm
 from .resume import check_resume
 from .rng import rng_state, seed_everything, set_rng_state
 
@@ -53,15 +58,23 @@ class _Parts:
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
     rows: list
+    anneal: annealing.RemovalAnneal | None = None
 
 
 def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | None = None, *,
         out_dir: str | Path | None = None, teacher: nn.Module | None = None, resume: bool = False,
         dist: ddp.DistInfo | None = None, meta: NetInfo | dict | None = None, hooks: FitHooks | None = None,
-        extra: dict | None = None) -> FitResult:
+        extra: dict | None = None, holdout_loader=None) -> FitResult:
     """Train `model` in place; with `out_dir`, write checkpoint.pt and metrics.csv every epoch.
 
     teacher: enables self-distillation (cfg.distill_alpha * soft CE + rest * CE).
+    holdout_loader: evaluated every epoch before test_loader (holdout_loss, holdout_acc): held-out
+      training images, to choose settings on without looking at the test set.
+    cfg.anneal_end (with anneal_start, progressive, removal_order): the network from ds.apply_pattern
+      gets its removed activations back, blended out step by step (ds.train.anneal); a run that ends
+      after the anneal returns, and checkpoints, the plain merge-ready network. With stop_after_epoch
+      inside the anneal the returned model still holds the blended activations (the checkpoint never does).
+    cfg.recalibrate_bn: on a fresh start, BatchNorm statistics recomputed on that many training batches.
     resume: continue from out_dir/checkpoint.pt when there is one (else start at epoch 1; without
       resume an existing checkpoint is an error, never overwritten). The
       checkpoint must come from the same run: `ds.train.resume` lists what may differ; anything
@@ -94,8 +107,14 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
         ckpt = load_checkpoint(ckpt_path, RESUME_KEYS)
         check_resume(ckpt_path, ckpt, cfg, meta, len(train_loader), hooks, hooks_used)
         start_epoch = _restore(ckpt, ckpt_path, model, parts, hooks, dist)
+        if parts.anneal is not None:
+            parts.anneal.set_step((ckpt.get("anneal") or {}).get("step", start_epoch * len(train_loader)))
     else:
         seed_everything(cfg.seed, dist.rank)
+        if parts.anneal is not None:
+            parts.anneal.set_step(0)
+        if cfg.recalibrate_bn:
+            recalibrate_batchnorm(model, train_loader, cfg.recalibrate_bn, device=dist.device, amp=cfg.amp)
 
     net = nn.parallel.DistributedDataParallel(
         model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.distributed else model
@@ -104,10 +123,13 @@ def fit(model: nn.Module, train_loader, test_loader=None, cfg: TrainConfig | Non
 
     for epoch in range(start_epoch, cfg.epochs):
         row = _train_epoch(net, model, train_loader, epoch, cfg, parts, hooks, teacher, dist, ckpt_path)
+        if parts.anneal is not None:   # evaluated and saved where the next step would start
+            parts.anneal.set_step((epoch + 1) * len(train_loader))
         hooks.end_epoch(epoch)
         if dist.distributed:   # every rank evaluates (and rank 0 saves) the same BN statistics
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, 0)
+        row.update(_test_metrics(model, parts.ema, holdout_loader, dist.device, cfg.amp, "holdout"))
         row.update(_test_metrics(model, parts.ema, test_loader, dist.device, cfg.amp))
         parts.rows.append(row)
         rngs = _gather_rng(dist)
@@ -146,7 +168,8 @@ def _parts(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, device: tor
     schedule = warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
     return _Parts(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                   torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp, device) == torch.float16),
-                  ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None, [])
+                  ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None, [],
+                  annealing.from_config(model, cfg, steps_per_epoch))
 
 
 # ---------------------------------------------------------------- one epoch
@@ -165,6 +188,8 @@ def _train_epoch(net, model, loader, epoch: int, cfg: TrainConfig, parts: _Parts
     seen, last_lr, start = 0, parts.optimizer.param_groups[0]["lr"], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (cfg.progress and dist.is_main))
     for step, (x, y) in enumerate(bar):
+        if parts.anneal is not None:
+            parts.anneal.set_step(epoch * len(loader) + step)
         with autocast(device, dtype):
             logits = net(x)
             loss = _loss(logits, y, x, teacher, cfg)
@@ -231,14 +256,14 @@ def _non_finite(epoch: int, step: int, steps: int, ckpt_path: Path | None) -> No
                         f"rate, set grad_clip, or check the data, then resume or start over")
 
 
-def _test_metrics(model, ema: ModelEma | None, test_loader, device, amp: str) -> dict:
+def _test_metrics(model, ema: ModelEma | None, test_loader, device, amp: str, name: str = "test") -> dict:
     if test_loader is None:
         return {}
     test = evaluate(model, test_loader, device=device, amp=amp)
-    row = {"test_loss": test["loss"], "test_acc": test["acc"]}
+    row = {f"{name}_loss": test["loss"], f"{name}_acc": test["acc"]}
     if ema is not None:
         test = evaluate(ema.module, test_loader, device=device, amp=amp)
-        row.update(ema_test_loss=test["loss"], ema_test_acc=test["acc"])
+        row.update({f"ema_{name}_loss": test["loss"], f"ema_{name}_acc": test["acc"]})
     return row
 
 
@@ -250,7 +275,8 @@ def _checkpoint(model, parts: _Parts, hooks: FitHooks, hooks_used: bool, cfg: Tr
              "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
              "ema": parts.ema.module.state_dict() if parts.ema else None, "metrics": list(parts.rows),
              "rng": rngs, "epoch": epoch, "config": asdict(cfg), "meta": meta,
-             "steps_per_epoch": steps_per_epoch, "hooks": hooks.key if hooks_used else None, "extra": extra}
+             "steps_per_epoch": steps_per_epoch, "hooks": hooks.key if hooks_used else None, "extra": extra,
+             "anneal": parts.anneal.state() if parts.anneal is not None else None}
     if hooks_used:
         state[hooks.key] = {"settings": hooks.settings(), "state": hooks.state_dict()}
     return state
