@@ -19,14 +19,11 @@ what a longer schedule than the profile affords would reach.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
+
+import sweep_runs   # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "recipe"
@@ -57,39 +54,6 @@ def arguments(settings: dict) -> dict:
     return {**COMMON, **DEFAULT, **settings}
 
 
-def command(name: str, settings: dict, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "ds.train"]
-    for key, value in arguments(settings).items():
-        if value is True:
-            args.append(f"--{key}")
-        elif value is not None:
-            args += [f"--{key}", str(value)]
-    args += ["--out", str((RUNS / name).relative_to(ROOT)), "--no-progress"]
-    if resume:
-        args.append("--resume")
-    return args
-
-
-def finished(name: str, settings: dict) -> bool:
-    metrics = RUNS / name / "metrics.csv"
-    return metrics.is_file() and len(pd.read_csv(metrics)) >= arguments(settings)["epochs"]
-
-
-def run(name: str, settings: dict) -> None:
-    resume = (RUNS / name / "checkpoint.pt").is_file()
-    cmd = command(name, settings, resume)
-    shown = shlex.join(["python"] + cmd[1:])
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    load_before = os.getloadavg()
-    started = time.time()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    (RUNS / name / "sweep.txt").write_text(
-        f"command: {shown}\nfinished_utc: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
-        f"wall_s: {time.time() - started:.0f}\nload_before: {load_before[0]:.2f}\n"
-        f"load_after: {os.getloadavg()[0]:.2f}\n")
-
-
 def collect() -> pd.DataFrame:
     rows = []
     for stage, configs in STAGES.items():
@@ -107,9 +71,13 @@ def collect() -> pd.DataFrame:
             curve["finished_utc"] = info.get("finished_utc", "")
             curve["load_before"] = info.get("load_before", "")
             curve["load_after"] = info.get("load_after", "")
-            curve["command"] = info.get("command", shlex.join(["python"] + command(name, settings, False)[1:])).replace(f"{ROOT}/", "")
+            curve["command"] = info.get("command", sweep_runs.shown(sweep_runs.command(RUNS, name, arguments(settings), False))) \
+                .replace(f"{ROOT}/", "")
             rows.append(curve)
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not rows:   # no run of this sweep on this machine: the published table stays as it is
+        print(f"no runs in {RUNS.relative_to(ROOT)}: {RESULTS.relative_to(ROOT)} left unchanged")
+        return pd.read_csv(RESULTS) if RESULTS.is_file() else pd.DataFrame()
+    table = sweep_runs.keep_published(RESULTS, pd.concat(rows, ignore_index=True))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(RESULTS, index=False)
     if len(table):
@@ -132,9 +100,9 @@ def main() -> None:
         if unknown:
             p.error(f"unknown configuration(s) {unknown}; stage {a.stage} has {sorted(configs)}")
         for name, settings in configs.items():
-            if (a.only and name not in a.only) or finished(name, settings):
+            if (a.only and name not in a.only) or sweep_runs.finished(RUNS, name, arguments(settings)["epochs"]):
                 continue
-            run(name, settings)
+            sweep_runs.run(RUNS, name, arguments(settings))
             collect()
     collect()
 

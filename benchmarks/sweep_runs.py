@@ -1,0 +1,66 @@
+"""What the training sweeps (recipe_sweep.py, recovery_sweep.py) share: one `python -m ds.train` run
+per configuration in runs/<sweep>/<name>/, resumed when it was interrupted, with the command it ran,
+when it finished, its wall time and the load average before and after in <name>/sweep.txt."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(runs: Path, name: str, arguments: dict, resume: bool) -> list[str]:
+    """The ds.train command of configuration `name`: `--key value` per argument (`--key` for True,
+    nothing for None), its output directory and, when `resume`, --resume."""
+    args = [sys.executable, "-m", "ds.train"]
+    for key, value in arguments.items():
+        if value is True:
+            args.append(f"--{key}")
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    args += ["--out", str((runs / name).relative_to(ROOT)), "--no-progress"]
+    if resume:
+        args.append("--resume")
+    return args
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as the sweeps record it: `python -m ds.train ...`, paths relative to the repository."""
+    return shlex.join(["python"] + cmd[1:]).replace(f"{ROOT}/", "")
+
+
+def finished(runs: Path, name: str, epochs: int) -> bool:
+    metrics = runs / name / "metrics.csv"
+    return metrics.is_file() and len(pd.read_csv(metrics)) >= epochs
+
+
+def run(runs: Path, name: str, arguments: dict) -> None:
+    """Train configuration `name` (resuming its checkpoint if there is one) and write its sweep.txt."""
+    cmd = command(runs, name, arguments, (runs / name / "checkpoint.pt").is_file())
+    text = shown(cmd)
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    load_before = os.getloadavg()
+    started = time.time()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    (runs / name / "sweep.txt").write_text(
+        f"command: {text}\nfinished_utc: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        f"wall_s: {time.time() - started:.0f}\nload_before: {load_before[0]:.2f}\n"
+        f"load_after: {os.getloadavg()[0]:.2f}\n")
+
+
+def keep_published(results: Path, collected: pd.DataFrame) -> pd.DataFrame:
+    """`collected` (the rows of the configurations whose runs are here) with the published rows of
+    every other configuration: runs/ does not survive a move to a new machine, and a sweep's table
+    must not lose the configurations a previous machine ran."""
+    if not results.is_file():
+        return collected
+    published = pd.read_csv(results)
+    kept = published[~published["config"].isin(set(collected["config"]))]
+    return pd.concat([kept, collected], ignore_index=True)
