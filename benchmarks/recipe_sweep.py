@@ -58,21 +58,9 @@ def collect() -> pd.DataFrame:
     rows = []
     for stage, configs in STAGES.items():
         for name, settings in configs.items():
-            metrics = RUNS / name / "metrics.csv"
-            if not metrics.is_file():
+            curve = sweep_runs.curve(RUNS, name, stage, arguments(settings))
+            if curve is None:
                 continue
-            curve = pd.read_csv(metrics)
-            info = dict(line.split(": ", 1) for line in (RUNS / name / "sweep.txt").read_text().splitlines()) \
-                if (RUNS / name / "sweep.txt").is_file() else {}
-            for key, value in arguments(settings).items():   # arg_lr beside the curve's lr (the epoch's last)
-                curve[f"arg_{key.replace('-', '_')}"] = value
-            curve.insert(0, "config", name)
-            curve.insert(1, "stage", stage)
-            curve["finished_utc"] = info.get("finished_utc", "")
-            curve["load_before"] = info.get("load_before", "")
-            curve["load_after"] = info.get("load_after", "")
-            curve["command"] = info.get("command", sweep_runs.shown(sweep_runs.command(RUNS, name, arguments(settings), False))) \
-                .replace(f"{ROOT}/", "")
             rows.append(curve)
     if not rows:   # no run of this sweep on this machine: the published table stays as it is
         print(f"no runs in {RUNS.relative_to(ROOT)}: {RESULTS.relative_to(ROOT)} left unchanged")
@@ -99,11 +87,7 @@ def main() -> None:
         unknown = sorted(set(a.only or []) - set(configs))
         if unknown:
             p.error(f"unknown configuration(s) {unknown}; stage {a.stage} has {sorted(configs)}")
-        for name, settings in configs.items():
-            if (a.only and name not in a.only) or sweep_runs.finished(RUNS, name, arguments(settings)["epochs"]):
-                continue
-            sweep_runs.run(RUNS, name, arguments(settings))
-            collect()
+        sweep_runs.run_missing(RUNS, configs, arguments, a.only, collect)
     collect()
 
 

@@ -64,3 +64,34 @@ def keep_published(results: Path, collected: pd.DataFrame) -> pd.DataFrame:
     published = pd.read_csv(results)
     kept = published[~published["config"].isin(set(collected["config"]))]
     return pd.concat([kept, collected], ignore_index=True)
+
+
+def curve(runs: Path, name: str, stage: int, arguments: dict) -> pd.DataFrame | None:
+    """Configuration `name`'s training curve (its metrics.csv) with the sweep's record beside every
+    epoch: config, stage, the arguments as arg_* columns, when it finished, the load around it and
+    its command; None when it has not run on this machine."""
+    metrics = runs / name / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    table = pd.read_csv(metrics)
+    record = runs / name / "sweep.txt"
+    info = dict(line.split(": ", 1) for line in record.read_text().splitlines()) if record.is_file() else {}
+    for key, value in arguments.items():   # arg_lr beside the curve's lr (the epoch's last)
+        table[f"arg_{key.replace('-', '_')}"] = value
+    table.insert(0, "config", name)
+    table.insert(1, "stage", stage)
+    table["finished_utc"] = info.get("finished_utc", "")
+    table["load_before"] = info.get("load_before", "")
+    table["load_after"] = info.get("load_after", "")
+    table["command"] = info.get("command", shown(command(runs, name, arguments, False))).replace(f"{ROOT}/", "")
+    return table
+
+
+def run_missing(runs: Path, configs: dict, arguments, only, collect) -> None:
+    """Train every configuration of `configs` (those in `only`, when given) not finished yet, each
+    with `arguments(settings)`, and `collect()` after each one."""
+    for name, settings in configs.items():
+        if (only and name not in only) or finished(runs, name, arguments(settings)["epochs"]):
+            continue
+        run(runs, name, arguments(settings))
+        collect()
