@@ -189,15 +189,20 @@ def sensitivity(ch: Chapter, base, holdout_images: int):
     return gating.sensitivity_ranking(base, held_out(ch, holdout_images))
 
 
-def dp_search(ch: Chapter, base, steps: int, holdout_images: int, lr: float, latency=None):
+def dp_search(ch: Chapter, base, steps: int, holdout_images: int, lr: float):
     """The DP search (`ds.dpsearch`): each block's importance (top-1 drop on the held-out training
     images after `steps` finetuning batches at `lr` with only that block linearized; resumes from
-    <run_dir>/02_search/dp/), then the exact DP over it and, when given, a latency table (what
-    `equal_speed_patterns` needs)."""
+    <run_dir>/02_search/dp/), then the exact DP over it."""
     table = dpsearch.importance_table(base, ch.train_loader, dpsearch.entry_config(lr, ch.seed), steps=steps,
                                       holdout=holdout_images, seed=ch.seed, out_dir=ch.layout.chapter_dir("02_search") / "dp",
                                       resume=True, progress=False)
-    return dpsearch.plan(base, table, latency)
+    return dpsearch.plan(base, table)
+
+
+def dp_with_latency(base, dp, latency):
+    """The DP search `dp` again over its own importance table, with a runtime's latency table (the
+    savings `equal_speed_patterns` needs); nothing is measured again."""
+    return dpsearch.plan(base, dp.importance, latency)
 
 
 def importance_frame(sensitivity_result, dp) -> pd.DataFrame:
@@ -252,7 +257,7 @@ def equal_speed_patterns(dp, patterns: dict[str, list[int]], budgets: list[int],
     latency table (`runtime`'s), at least as much time as the fastest other candidate there:
     dp-k<budget>@<runtime>, the searched pattern at equal speed. `dp` needs a latency table."""
     if dp.savings is None:
-        raise ValueError("equal_speed_patterns needs the DP search run with a latency table (dp_search(latency=...))")
+        raise ValueError("equal_speed_patterns needs the DP search with a latency table (dp_with_latency)")
     found = {}
     for budget in budgets:
         removed = len(dp.searched) - budget
