@@ -121,8 +121,7 @@ def test_torchvision_layout_is_read(tmp_path):
     d = data.load_cifar10(tmp_path)
     assert d.train_images.shape == (50, 32, 32, 3) and d.test_images.shape == (10, 32, 32, 3)
     # CHW rows of the pickle become HWC pixels
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
-        first = pickle.load(f)[b"data"][0]
+    first = data.read_data_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1")[b"data"][0]
     assert np.array_equal(d.train_images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
 
 
