@@ -142,6 +142,31 @@ def test_every_piece_moves_the_run_forward_however_short(stand_in):
     run("piece")                         # all current now: nothing to do, no pause
 
 
+def test_a_profile_of_the_first_chapters_runs_those_and_publishes_without_a_book(stand_in, tmp_path):
+    from ds.study.runner import StaleRun, publish, rebuild_book
+    run, ran, profiles = stand_in
+    profiles.write_text(profiles.read_text() + "first: {x: 1, y: 1, chapters: [01_observation]}\n")
+    run("first")
+    assert ran(tmp_path / "runs" / "first") == ["01_observation 1"]
+    with pytest.raises(ProfileError, match="not part of profile 'first'"):
+        run("first", chapters=["02_search"])
+    with pytest.raises(StaleRun, match="has no book"):
+        rebuild_book("first", profiles_file=profiles, run_root=tmp_path / "runs")
+    book = tmp_path / "book"
+    assert publish("first", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book,
+                   notebooks=Path(tmp_path / "notebooks"), results_dir=tmp_path / "results",
+                   checkpoints_dir=tmp_path / "checkpoints") is None
+    assert not book.exists()      # its tables only (this stand-in writes none); the book is untouched
+
+
+@pytest.mark.parametrize("chapters", [["02_search"], ["01_observation", "03_finetune"], "01_observation"])
+def test_chapters_that_are_not_the_first_ones_are_rejected(tmp_path, chapters):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(f"p: {{chapters: {json.dumps(chapters)}}}\n")
+    with pytest.raises(ProfileError, match="chapters must be the first chapters in order"):
+        load_profile("p", profiles)
+
+
 def test_the_study_package_has_no_import_cycles():
     """Every import between ds.study's modules, function-level ones included, goes one way."""
     package = Path(study_layout.__file__).parent

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         elif args.command == "book":
             print(runner.rebuild_book(args.profile, **where))
         elif args.command == "publish":
-            print(runner.publish(args.profile, **where))
+            html = runner.publish(args.profile, **where)
+            print(html or f"[study] profile {args.profile} has no book: its tables and networks are published")
         else:
             book.write_static_pages()
     except runner.PiecePaused as err:

@@ -188,6 +188,10 @@ def _answers(layout: RunLayout) -> list[str]:
                       body or "This run has no answer: the chapter did not produce its table.", ""])
 
     observation = pd.read_csv(layout.observation_csv) if layout.observation_csv.is_file() else None
+    if observation is not None and layout.observation_published.is_file():   # the full-scale run, published
+        published = pd.read_csv(layout.observation_published)
+        observation = pd.concat([published, observation[~observation["setting"].isin(set(published["setting"]))]],
+                                ignore_index=True)
     answer("1. Are activations needed after training? (chapter 1)", "observation",
            observation_reading(observation) if observation is not None and
            {"after_training", "from_scratch"} <= set(observation["arm"]) else None)

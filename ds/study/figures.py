@@ -48,8 +48,8 @@ def observation_points(table: pd.DataFrame):
     settings = list(table["setting"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.4), squeeze=False)
     labels = {"with_activations": "trained with\nactivations", "after_training": "removed after\ntraining + finetune",
-              "from_scratch": "linear from\nscratch"}
-    colors = {"with_activations": "#888888", "after_training": KEEP, "from_scratch": "#c44e52"}
+              "recovered": "removed after\ntraining + best\nrecovery", "from_scratch": "linear from\nscratch"}
+    colors = {"with_activations": "#888888", "after_training": KEEP, "recovered": "#2a7f62", "from_scratch": "#c44e52"}
     for ax, setting in zip(axes[0], settings):
         rows = table[table["setting"] == setting]
         arms = [a for a in labels if a in set(rows["arm"])]

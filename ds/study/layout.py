@@ -115,12 +115,17 @@ class RunLayout:
 
     def observation_dir(self, setting: str, seed: int) -> Path:
         """The comparison's networks of one setting and seed: with_activations/, after_training/,
-        from_scratch/."""
+        recovered/, from_scratch/."""
         return self.chapter_dir("01_observation") / "observation" / f"{setting}-seed{seed}"
 
     @property
     def observation_csv(self) -> Path:
         return self.chapter_dir("01_observation") / "observation.csv"
+
+    @property
+    def observation_published(self) -> Path:
+        """The published comparison chapter 1 showed beside its own (full_scale_observation)."""
+        return self.chapter_dir("01_observation") / "observation_full_scale.csv"
 
     def search_dir(self, budget: int, runtime: str | None = None, seed: int | None = None) -> Path:
         """The search at `budget`; with `runtime`, the one whose latency term is that runtime's table;

@@ -6,8 +6,10 @@ run directory (row by row where a row is expensive, so an interrupted chapter re
 it for the notebook to show."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -18,6 +20,7 @@ from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
 from ds.train import TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
 
+from . import recovery as recipes
 from .chapter import (Chapter, all_ones, append_row, epoch_log, load_base, load_model, loaders, read_rows,
                       removed_blocks, train)
 from .uncertainty import difference
@@ -78,7 +81,9 @@ def block_removal(ch: Chapter, train_images: int, test_images: int, lr: float,
     return pd.DataFrame(rows), base_acc
 
 
-ARMS = ("with_activations", "after_training", "from_scratch")
+ARMS = ("with_activations", "after_training", "recovered", "from_scratch")
+ARM_NAMES = {"after_training": "after training", "recovered": "after training, best recovery",
+             "from_scratch": "from scratch"}
 
 
 @dataclass
@@ -100,15 +105,16 @@ class Observation:
 
 
 def observation_reading(table: pd.DataFrame) -> str:
-    """What chapter 1's comparison (observation.csv) says, per setting, with its uncertainty."""
+    """What chapter 1's comparison (observation.csv) says, per setting, with its uncertainty: the
+    paper's two arms, then (where the setting has it) the arm finetuned with the best recovery
+    recipe against training from scratch."""
     lines = []
     for setting, rows in table.groupby("setting", sort=False):
+        test_images = int(rows["test_images"].iloc[0])
         arm = rows.groupby("arm")["top1"]
-        d = difference(arm.get_group("after_training"), arm.get_group("from_scratch"), int(rows["test_images"].iloc[0]),
+        d = difference(arm.get_group("after_training"), arm.get_group("from_scratch"), test_images,
                        "after_training", "from_scratch")
         epochs = rows.loc[rows["arm"] == "from_scratch", "epochs"].iloc[0]
-        spread = (f"the seed spread gives {d.seed_se:.2f}" if d.seeds_a > 1 and d.seeds_b > 1
-                  else "with one seed per arm the seed spread is unknown")
         verdict = {"after_training better": "**The observation holds here**: removing the activations after "
                                             "training beats training the linear network from scratch.",
                    "from_scratch better": "**The observation does not hold here**: the linear network "
@@ -118,11 +124,48 @@ def observation_reading(table: pd.DataFrame) -> str:
                                     "observation."}[d.verdict]
         lines.append(
             f"- **{setting}** ({epochs} epochs in all per arm; "
-            f"{d.seeds_a if d.seeds_a == d.seeds_b else f'{d.seeds_a} and {d.seeds_b}'} seed(s) per arm): after "
-            f"training {d.mean_a:.2f}%, from scratch {d.mean_b:.2f}%, difference **{d.value:+.2f} points** "
-            f"+- {d.se:.2f} (one standard error; {spread}, the test set's {int(rows['test_images'].iloc[0])} images "
-            f"{d.test_se:.2f}). {verdict}")
+            f"{d.seeds_a if d.seeds_a == d.seeds_b else f'{d.seeds_a} and {d.seeds_b}'} seed(s) per arm): "
+            f"{_compared(d, test_images)} {verdict}")
+        if "recovered" in set(rows["arm"]):
+            r = difference(arm.get_group("recovered"), arm.get_group("from_scratch"), test_images, "recovered",
+                           "from_scratch")
+            recipe = rows.loc[rows["arm"] == "recovered", "recipe"].iloc[0] if "recipe" in rows else "the best recipe"
+            lines.append(f"  - with the best recovery recipe ({recipe}): {_compared(r, test_images)} "
+                         + {"recovered better": "Removed after training and finetuned this way, the network beats "
+                                                "the one trained linear from scratch.",
+                            "from_scratch better": "Even finetuned this way, the network trained linear from "
+                                                   "scratch is better.",
+                            "not separated": "Not separated from training linear from scratch."}[r.verdict])
     return "\n".join(lines)
+
+
+def _compared(d, test_images: int) -> str:
+    """'after training 80.1%, from scratch 78.0%, difference +2.1 points +- 0.6 (...).'"""
+    spread = (f"the seed spread gives {d.seed_se:.2f}" if d.seeds_a > 1 and d.seeds_b > 1
+              else "with one seed per arm the seed spread is unknown")
+    return (f"{ARM_NAMES[d.a]} {d.mean_a:.2f}%, {ARM_NAMES[d.b]} {d.mean_b:.2f}%, difference **{d.value:+.2f} "
+            f"points** +- {d.se:.2f} (one standard error; {spread}, the test set's {test_images} images "
+            f"{d.test_se:.2f}).")
+
+
+def with_published(observation: Observation, published: str | None, out) -> Observation:
+    """`observation` with the rows of a published comparison (`published`: e.g. the full-scale one
+    another profile ran, data/results/observation_<profile>.csv) before its own; the published table
+    is copied to `out` (the run's record of what it showed). None: unchanged."""
+    if not published:
+        return observation
+    path = Path(published)
+    if not path.is_file():
+        raise FileNotFoundError(f"full_scale_observation {published} does not exist: publish the profile that makes "
+                                f"it (make publish PROFILE=...) or set full_scale_observation: null")
+    table = pd.read_csv(path)
+    missing = {"setting", "arm", "seed", "top1", "epochs", "test_images"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{published} is not an observation table (no {', '.join(sorted(missing))} column)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    own = observation.table[~observation.table["setting"].isin(set(table["setting"]))]
+    return dataclasses.replace(observation, table=pd.concat([table, own], ignore_index=True))
 
 
 def _setting(images: int, input_size: int) -> str:
@@ -142,7 +185,8 @@ def _run_base_trained_as(ch: Chapter, epochs: int, lr: float, warmup_epochs: flo
 
 
 def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int], base_epochs: int,
-                finetune_epochs: int, base_lr: float, finetune_lr: float, warmup_epochs: float = 1.0) -> Observation:
+                finetune_epochs: int, base_lr: float, finetune_lr: float, warmup_epochs: float = 1.0,
+                recovery: dict | None = None) -> Observation:
     """The paper's core comparison, per seed (observation.csv, row by row): a network trained with
     its activations for `base_epochs` on `train_images` training images (None: the chapter's own),
     then stripped of the activations `pattern` removes and finetuned for `finetune_epochs`
@@ -151,9 +195,13 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
     training images are the same for every seed. Every top-1 is on the chapter's whole test set.
     The trainings from scratch warm up for `warmup_epochs` (on a few thousand images an epoch is a
     few dozen steps). Where the setting is the run's own (same images, seed, epochs and learning
-    rate), the run's base is reused.
+    rate), the run's base is reused. With `recovery` (a recipe, `ds.study.recovery`), a third arm
+    (recovered) finetunes the stripped network as the after_training arm does, for as many epochs,
+    with that recipe instead of plain SGD at `finetune_lr` (distilling from the seed's network
+    trained with activations when the recipe distills).
 
     `pattern` is a name of ds.PATTERNS or a 0/1 list, one entry per switch."""
+    recovery = recipes.check(recovery) if recovery is not None else None
     model = build_model(ch.backbone, ch.num_classes, ch.input_size)
     bits = resolve_pattern(model, pattern, len(ds.switches(model)))
     name = pattern if isinstance(pattern, str) else "".join(map(str, bits))
@@ -164,17 +212,21 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
     rows = read_rows(path)
     done = {(r["arm"], r["seed"]) for r in rows}
     epochs = {"with_activations": base_epochs, "after_training": base_epochs + finetune_epochs,
-              "from_scratch": base_epochs + finetune_epochs}
+              "recovered": base_epochs + finetune_epochs, "from_scratch": base_epochs + finetune_epochs}
+    arms = [a for a in ARMS if a != "recovered" or recovery is not None]
+    recipe = {"after_training": f"lr {finetune_lr:g}, no warm-up, no distillation",
+              "recovered": recipes.describe(recovery) if recovery is not None else "",
+              "from_scratch": f"lr {base_lr:g}, {recipes.warmup_words(warmup_epochs)}", "with_activations": ""}
 
     def record(arm: str, seed: int, net) -> None:
         append_row(path, rows, {"pattern": "base" if arm == "with_activations" else name, "arm": arm,
                              "setting": setting, "seed": seed, "epochs": epochs[arm],
                              "top1": evaluate(net.to(ch.device), ch.test_loader)["acc"],
-                             "test_images": len(ch.data.test_labels)})
+                             "test_images": len(ch.data.test_labels), "recipe": recipe[arm]})
         ch.piece.record_progress()
 
     for seed in seeds:
-        if all((arm, seed) in done for arm in ARMS):
+        if all((arm, seed) in done for arm in arms):
             continue
         train_loader, _ = loaders(data, ch.train_loader.batch_size, ch.device, seed)
         out = ch.layout.observation_dir(setting, seed)
@@ -195,6 +247,13 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
                                                          seed=seed), out / "after_training",
                   meta=net_info(after), piece=ch.piece)
             record("after_training", seed, after.eval())
+        if recovery is not None and ("recovered", seed) not in done:
+            recovered = build_model(ch.backbone, ch.num_classes, ch.input_size, bits, init=base_ckpt)
+            teacher = (load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt).to(ch.device)
+                       if recipes.distills(recovery) else None)
+            train(recovered, train_loader, None, recipes.config(recovery, finetune_epochs, seed), out / "recovered",
+                  teacher=teacher, meta=net_info(recovered), piece=ch.piece)
+            record("recovered", seed, recovered.eval())
         if ("from_scratch", seed) not in done:
             torch.manual_seed(seed)
             scratch = build_model(ch.backbone, ch.num_classes, ch.input_size, bits)

@@ -4,7 +4,9 @@
 may start from another with `extends: NAME` and override some keys. Keys the runner reads itself
 (not passed to notebooks): description, extends, piece_minutes (end a piece of the run
 after this many minutes; rerun to continue), publish (false: `python -m ds.study publish`
-refuses the profile).
+refuses the profile), chapters (the profile is made of these first chapters only, e.g.
+[01_observation] for a profile that trains a base network and runs the observation; it has no
+book of its own, and publishing it writes its tables and networks only).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import yaml
 
 from .layout import CHAPTERS, NOTEBOOKS, PROFILES_FILE, notebook_source
 
-RUNNER_KEYS = ("description", "extends", "piece_minutes", "publish")
+RUNNER_KEYS = ("description", "extends", "piece_minutes", "publish", "chapters")
 
 
 class ProfileError(ValueError):
@@ -59,8 +61,25 @@ def load_profile(name: str, path: str | Path | None = None) -> dict:
     return merged
 
 
+def profile_chapters(profile: dict) -> tuple[str, ...]:
+    """The chapters a run of `profile` is made of: its `chapters` key, else all five."""
+    return tuple(profile.get("chapters") or CHAPTERS)
+
+
+def covers_study(profile: dict) -> bool:
+    """Whether the profile runs every chapter (only such a run has a book)."""
+    return profile_chapters(profile) == CHAPTERS
+
+
 def check_runner_keys(profile: dict) -> None:
     """Reject runner settings that cannot work, naming the profile, the value and the fix."""
+    chapters = profile.get("chapters")
+    if chapters is not None:
+        prefixes = [list(CHAPTERS[:n]) for n in range(1, len(CHAPTERS) + 1)]
+        if chapters not in prefixes:
+            raise ProfileError(f"profile {profile.get('profile')!r}: chapters must be the first chapters in order "
+                               f"(each needs those before it), e.g. [{CHAPTERS[0]}] or [{', '.join(CHAPTERS[:2])}]; "
+                               f"got {chapters!r}; remove the key to run all five")
     minutes = profile.get("piece_minutes")
     if minutes is None:
         return

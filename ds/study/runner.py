@@ -27,7 +27,7 @@ from .freshness import (chapter_state, chapter_states, done_record, matches, not
 from .layout import (CHAPTERS, CHECKPOINTS_DIR, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, RunLayout, notebook_source,
                      relative_to_repo)
 from .lock import hold
-from .profiles import ProfileError, chapter_parameters, load_profile
+from .profiles import ProfileError, chapter_parameters, covers_study, load_profile, profile_chapters
 from .results import publish_results
 
 RUNS = REPO_ROOT / "runs"
@@ -56,9 +56,11 @@ def run_parameters(profile: dict, layout: RunLayout, notebooks: Path = NOTEBOOKS
     return chapter_parameters(profile, relative_to_repo(layout.root), notebooks)
 
 
-def not_current(layout: RunLayout, parameters: dict[str, dict], notebooks: Path = NOTEBOOKS) -> list[str]:
-    """'chapter: why' for every chapter that is missing or stale."""
-    return [f"{s.chapter} ({s.reason})" for s in chapter_states(layout, parameters, notebooks) if s.status != "current"]
+def not_current(layout: RunLayout, parameters: dict[str, dict], notebooks: Path = NOTEBOOKS,
+                chapters: tuple[str, ...] = CHAPTERS) -> list[str]:
+    """'chapter: why' for every chapter of `chapters` that is missing or stale."""
+    return [f"{s.chapter} ({s.reason})" for s in chapter_states(layout, parameters, notebooks)
+            if s.status != "current" and s.chapter in chapters]
 
 
 def _logger(layout: RunLayout) -> logging.Logger:
@@ -122,10 +124,13 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
               restart: bool = False, book: bool = True, notebooks: Path = NOTEBOOKS) -> Path:
     """Run the chapters not current, then build the run's own book; the run directory."""
     profile = load_profile(profile_name, profiles_file)
-    chosen = list(chapters or CHAPTERS)
-    bad = [c for c in chosen if c not in CHAPTERS]
+    own = profile_chapters(profile)
+    chosen = list(chapters or own)
+    bad = [c for c in chosen if c not in own]
     if bad:
-        raise ProfileError(f"unknown chapter(s) {', '.join(bad)}; chapters: {', '.join(CHAPTERS)}")
+        raise ProfileError(f"chapter(s) {', '.join(bad)} are not part of profile {profile_name!r}; its chapters: "
+                           f"{', '.join(own)}")
+    book = book and covers_study(profile)
     layout = run_layout(profile_name, run_root)
     layout.root.mkdir(parents=True, exist_ok=True)
     with hold(layout.lock):
@@ -140,6 +145,9 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
                                f"--chapters) to bring them up to date, or pass --no-book")
             html = study_book.build_run_book(layout, log)
             log.info(f"book of this run: {html}")
+        elif not covers_study(profile):
+            log.info(f"profile {profile_name} runs {', '.join(own)} only: no book of its own; make publish "
+                     f"PROFILE={profile_name} publishes its tables and networks for the profiles that use them")
     return layout.root
 
 
@@ -203,6 +211,9 @@ def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path 
                notebooks: Path = NOTEBOOKS) -> Path:
     """Build the book of a finished run inside its run directory; the path of its index.html."""
     profile = load_profile(profile_name, profiles_file)
+    if not covers_study(profile):
+        raise StaleRun(f"profile {profile_name!r} runs {', '.join(profile_chapters(profile))} only and has no book; "
+                       f"its tables are shown by the profiles that use them")
     layout = run_layout(profile_name, run_root)
     with hold(layout.lock):
         stale = not_current(layout, run_parameters(profile, layout, notebooks), notebooks)
@@ -213,10 +224,12 @@ def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path 
 
 
 def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, book_dir: Path | None = None,
-            notebooks: Path = NOTEBOOKS, results_dir: Path = RESULTS_DIR, checkpoints_dir: Path = CHECKPOINTS_DIR) -> Path:
+            notebooks: Path = NOTEBOOKS, results_dir: Path = RESULTS_DIR,
+            checkpoints_dir: Path = CHECKPOINTS_DIR) -> Path | None:
     """Publish a complete, current run into the tracked book (default book/) and build it, then copy
     its tables to `results_dir` and its small checkpoints to `checkpoints_dir` (`ds.study.results`);
-    the path of the book's index.html. Refuses, before touching anything, a profile marked
+    the path of the book's index.html (None for a profile of a few chapters, which has no book and
+    publishes its tables and networks only). Refuses, before touching anything, a profile marked
     `publish: false` and a run with a missing or stale chapter."""
     profile = load_profile(profile_name, profiles_file)
     if not profile.get("publish", True):
@@ -226,14 +239,15 @@ def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUN
     if not layout.root.is_dir():
         raise study_book.NotPublishable(f"no run of profile {profile_name!r} in {layout.root}: run "
                                         f"python -m ds.study run --profile {profile_name} first")
+    own = profile_chapters(profile)
     with hold(layout.lock):
-        stale = not_current(layout, run_parameters(profile, layout, notebooks), notebooks)
+        stale = not_current(layout, run_parameters(profile, layout, notebooks), notebooks, own)
         if stale:
             raise study_book.NotPublishable(
                 f"run {layout.root} is not complete with the current parameters of profile {profile_name!r}: "
                 f"{'; '.join(stale)}. Run python -m ds.study run --profile {profile_name} until it finishes, "
                 f"then publish; book/ is unchanged")
-        html = study_book.publish(layout, book_dir or study_book.BOOK)
+        html = study_book.publish(layout, book_dir or study_book.BOOK) if covers_study(profile) else None
         for path in publish_results(layout, profile_name, results_dir, checkpoints_dir):
             print(f"published {relative_to_repo(path)}")
         return html
