@@ -28,8 +28,9 @@ curves. `seconds` are wall time on a shared machine, not training speed.
 Stage 1: the methods at equal budget on DS-E's pattern (12 switches removed), the issue's recipe
 (lr 0.02, no warm-up): removed at once; annealed over epochs 0-1.5; progressive (3 switches at a
 time, input to output, over epochs 0-2); self-distillation from the base, alone and with the anneal;
-and the recipe lr 0.05 with 0.3 epochs of warm-up. Stage 2: DS-A's pattern (7 removed), and the
-recipe for the annealed network. BatchNorm recalibration does not change finetuning (see
+and the recipe lr 0.05 with 0.3 epochs of warm-up. Stage 2: stage 1's two best (the lr 0.05 recipe
+and distillation) together on DS-E's pattern, and DS-A's pattern (7 removed) removed at once with
+the issue's recipe, the lr 0.05 recipe, and that recipe with distillation. BatchNorm recalibration does not change finetuning (see
 ds.train.recalibrate): stage 0 measures what it changes.
 """
 from __future__ import annotations
@@ -69,10 +70,11 @@ STAGES = {
         "e-distill": {"pattern": "DS-E", **DISTILL},
         "e-abrupt-lr0.05-w0.3": {"pattern": "DS-E", **RECIPE},
     },
-    2: {   # DS-A's pattern, and the recipe for the annealed network
+    2: {   # stage 1's two winners together, and DS-A's pattern with the issue's recipe, the winner and both
+        "e-lr0.05-w0.3-distill": {"pattern": "DS-E", **RECIPE, **DISTILL},
         "a-abrupt": {"pattern": "DS-A"},
-        "a-anneal": {"pattern": "DS-A", **ANNEAL},
-        "e-anneal-lr0.05-w0.3": {"pattern": "DS-E", **ANNEAL, **RECIPE},
+        "a-abrupt-lr0.05-w0.3": {"pattern": "DS-A", **RECIPE},
+        "a-lr0.05-w0.3-distill": {"pattern": "DS-A", **RECIPE, **DISTILL},
     },
 }
 STAGE0 = RUNS / "stage0.json"

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-book", action="store_true", help="do not build the run's book")
     common(sub.add_parser("book", help="build the book of a finished run inside its run directory"))
     common(sub.add_parser("publish", help="publish a complete run into book/ and build it"))
-    sub.add_parser("pages", help="regenerate book/reproduce.md and the intro diagram")
+    sub.add_parser("pages", help="regenerate book/reproduce.md, recipe.md, recovery.md and the intro diagram")
     return parser
 
 

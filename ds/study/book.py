@@ -20,7 +20,7 @@ import pandas as pd
 from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
 from .diagram import block_merge_svg
-from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, REPO_ROOT,
+from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
                      REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, relative_to_repo)
 from .profiles import chapter_parameters, load_profile, read_profiles
 from .finetune import distill_reading
@@ -70,7 +70,7 @@ def assemble(layout: RunLayout, target: Path, sources: Path = BOOK) -> Path:
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     published_gpu = (GPU_PAGES,) if (Path(sources) / GPU_PAGES).is_dir() else ()   # the table of contents lists them
-    for name in BOOK_SOURCES + (REPRODUCE_PAGE, RECIPE_PAGE) + published_gpu:
+    for name in BOOK_SOURCES + (REPRODUCE_PAGE, RECIPE_PAGE, RECOVERY_PAGE) + published_gpu:
         source = Path(sources) / name
         if source.is_dir():
             shutil.copytree(source, target / name, dirs_exist_ok=True,
@@ -552,8 +552,9 @@ def recipe_inputs(sweep: Path = RECIPE_SWEEP, results_dir: Path = RESULTS_DIR,
 def write_static_pages(book_dir: Path = BOOK, profiles_file=None, sweep: Path = RECIPE_SWEEP,
                        results_dir: Path = RESULTS_DIR) -> None:
     """Pages generated from the repository (not from a run): Reproduce, the training recipe (from
-    the recipe sweep's table) and the intro's diagram. Only `python -m ds.study pages` writes them;
-    a run never does."""
+    the recipe sweep's table), Recovering accuracy (from the recovery sweep's, ds.study.recovery_page)
+    and the intro's diagram. Only `python -m ds.study pages` writes them; a run never does."""
+    from . import recovery_page
     from .figures import recipe_curves
     (book_dir / REPRODUCE_PAGE).write_text(reproduce_page(profiles_file))
     (book_dir / "images").mkdir(exist_ok=True)
@@ -562,3 +563,4 @@ def write_static_pages(book_dir: Path = BOOK, profiles_file=None, sweep: Path = 
     (book_dir / RECIPE_PAGE).write_text(recipe_page(table, base))
     fig = recipe_curves(table)
     fig.savefig(book_dir / "images" / "recipe_curves.png", dpi=110)
+    recovery_page.write(book_dir, profiles_file=profiles_file)

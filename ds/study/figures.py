@@ -306,3 +306,30 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
             keep.append(index)
             best = row["delta_acc"]
     return table.loc[keep].sort_values("speedup")
+
+
+def recovery_curves(curves: pd.DataFrame, base_holdout: float | None = None):
+    """The recovery sweep: held-out top-1 per epoch of every configuration (epoch 0: the network it
+    starts from; dashed: still running), one panel per pattern, the same colour for the same
+    method on every panel, and the base network (grey, dashed)."""
+    patterns = list(dict.fromkeys(curves["pattern"]))
+    methods = list(dict.fromkeys(name.split("-", 1)[-1] for name in curves["config"]))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(patterns), figsize=(7.2, 3.9), sharey=True, squeeze=False)
+    for ax, pattern in zip(axes[0], patterns):
+        for name, curve in curves[curves["pattern"] == pattern].groupby("config", sort=False):
+            running = not bool(curve["finished"].iloc[-1])
+            ax.plot(curve["epoch"], curve["holdout_acc"], marker="o", ms=2.5, lw=1.3, ls="--" if running else "-",
+                    color=colours[name.split("-", 1)[-1]],
+                    label=f"{name} ({curve['holdout_acc'].iloc[-1]:.1f}%{', running' if running else ''})")
+        if base_holdout is not None:
+            ax.axhline(base_holdout, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{pattern}'s pattern", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_xticks(sorted(curves["epoch"].unique()))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    axes[0][0].set_ylabel("held-out top-1 (%)", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -31,6 +31,7 @@ BOOK_CHAPTERS = "chapters"          # where a book holds the executed chapters
 RESULTS_PAGE = "results.md"         # the page generated from a run's tables
 REPRODUCE_PAGE = "reproduce.md"     # the page generated from profiles.yaml
 RECIPE_PAGE = "recipe.md"           # the page generated from the training-recipe sweep
+RECOVERY_PAGE = "recovery.md"       # the page generated from the recovery sweep (ds.study.recovery_page)
 GPU_PAGES = "gpu"                   # where a book holds the published GPU studies (gpu/<profile>_<gpu>/)
 # What a book is made of besides its chapters and generated pages (copied from book/).
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "adapt.md", "deviations.md", "images", "_ext")
