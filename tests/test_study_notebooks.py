@@ -1,5 +1,6 @@
 """The five chapters under papermill on the `tiny` profile, the runner's resume and failure
 handling, the run's own book built with `jupyter-book build -W -n --keep-going`, and publishing."""
+import importlib.util
 import json
 import shutil
 
@@ -58,10 +59,37 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
 
 
 def test_the_book_builds_with_warnings_as_errors(tiny_study):
+    _check_int8(layout, merge, study)
     html = tiny_study / "book" / "_build" / "html"
     for page in ["index", "intro", "results", "reproduce", "adapt", "deviations"] + [f"chapters/{c}" for c in CHAPTERS]:
         assert (html / f"{page}.html").is_file(), page
     chapter = (html / "chapters" / "01_observation.html").read_text()
+def _check_int8(layout, merge, study):
+    """Chapter 4 quantized every merged network and measured it on every test image; chapter 5 timed
+    the INT8 settings and carries chapter 4's INT8 top-1 into its rows and into study.csv."""
+    int8 = pd.read_csv(layout.int8_csv)
+    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("nncf") else [])
+    assert {"pattern", "finetune", "runtime", "quantization", "calibration_images", "test_images", "top1_float",
+            "top1_int8", "top1_change", "agreement", "rel_rms_error"} <= set(int8.columns)
+    assert sorted(int8["runtime"].unique()) == runtimes and len(int8) == len(merge) * len(runtimes)
+    for runtime in runtimes:
+        measured = int8[int8["runtime"] == runtime]
+        assert sorted(zip(measured["pattern"], measured["finetune"])) == sorted(zip(merge["pattern"], merge["finetune"]))
+    assert int8["agreement"].between(0, 1).all() and int8["top1_int8"].between(0, 100).all()
+    assert (int8["calibration_images"] == 128).all() and (int8["test_images"] == 64).all()   # tiny: all it has
+    assert (int8["top1_float"] - merge.set_index(["pattern", "finetune"]).loc[
+        list(zip(int8["pattern"], int8["finetune"])), "acc_merged"].values).abs().max() < 100 / 64 + 1e-9
+    for runtime in runtimes:
+        assert study[f"top1_int8_{runtime}"].notna().all() and study[f"agreement_int8_{runtime}"].between(0, 1).all()
+    assert study["top1_at_setting"].notna().all()
+    throughput = pd.read_csv(layout.throughput_csv)
+    quantized = throughput[throughput["dtype"] == "int8"]
+    assert sorted(quantized["runtime"].unique()) == runtimes and quantized["quantization"].str.len().gt(0).all()
+    assert quantized["top1"].notna().all()
+    bases = throughput[throughput["pattern"] == "base"]   # the fastest base is the fastest of all, INT8 included
+    assert (bases["speedup_over_best_base"] <= 1 + 1e-9).all()
+
+
     assert "Produced by profile" in chapter and "observe_train_images =" not in chapter   # parameters hidden
 
 

@@ -23,7 +23,8 @@ Calibration images are training images, never test images: a seeded permutation 
 split (`calibration_images`: the first `count` for calibration, the next ones for the check), resized
 to the input size with ds.data's area interpolation and normalized with the training split's mean
 and std, as ds.train feeds them. Their identity (dataset, split, count, seed, first index, sha256 of
-the indices) goes into every record. `Int8Images.from_arrays` takes the caller's images instead
+the indices) goes into every record; `training_images` takes them from a dataset already loaded (a
+study run's training subset). `Int8Images.from_arrays` takes the caller's images instead
 (tests, other data); their record holds their shape and sha256.
 
 Every INT8 file is run in its runtime on the check images and compared with the float torch network:
@@ -151,20 +152,28 @@ def calibration_images(input_size, count: int = CALIBRATION_IMAGES, seed: int = 
     if count + check_count > total:
         raise ExportError(f"calibration needs {count} + {check_count} training images, {data.name} has {total}: "
                           "ask for fewer")
-    order = np.random.default_rng(seed).permutation(total)
+    return Int8Images(training_images(data, 0, count, seed, height),
+                      training_images(data, count, check_count, seed, height))
 
-    def take(first: int, n: int) -> ImageSet:
-        indices = order[first:first + n]
-        pixels = data.train_images[indices]
-        if pixels.shape[1:3] != (height, width):
-            pixels = resize_images(pixels, height)
-        x = (pixels.astype(np.float32) / 255 - np.asarray(data.mean, np.float32)) / np.asarray(data.std, np.float32)
-        return ImageSet(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), dict(
-            dataset=data.name, split="train", count=int(n), seed=int(seed), first=int(first),
-            indices_sha256=hashlib.sha256(indices.astype("<i8").tobytes()).hexdigest(),
-            input_size=[height, width], normalization="training split mean and std"))
 
-    return Int8Images(take(0, count), take(count, check_count))
+def training_images(data, first: int, count: int, seed: int = CALIBRATION_SEED, size: int | None = None) -> ImageSet:
+    """Images `first` to `first + count` of a seeded permutation of the training split of `data` (a
+    ds.data.ArrayDataset, e.g. a study run's subset), resized to `size` (default: as stored) and
+    normalized with its training split's mean and std, as ds.train feeds them."""
+    total = len(data.train_labels)
+    if first < 0 or count < 1 or first + count > total:
+        raise ExportError(f"training images {first} to {first + count} asked for, {data.name} has {total}: "
+                          "ask for fewer")
+    indices = np.random.default_rng(seed).permutation(total)[first:first + count]
+    pixels = data.train_images[indices]
+    height = pixels.shape[1] if size is None else int(size)
+    if pixels.shape[1:3] != (height, height):
+        pixels = resize_images(pixels, height)
+    x = (pixels.astype(np.float32) / 255 - np.asarray(data.mean, np.float32)) / np.asarray(data.std, np.float32)
+    return ImageSet(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), dict(
+        dataset=data.name, split="train", count=int(count), seed=int(seed), first=int(first),
+        indices_sha256=hashlib.sha256(indices.astype("<i8").tobytes()).hexdigest(),
+        input_size=[height, height], normalization="training split mean and std"))
 
 
 # ---------------------------------------------------------------- writing
@@ -312,7 +321,10 @@ def quantize_file(float_path, runtime: str, out_path, calibration: ImageSet) -> 
 
 # ---------------------------------------------------------------- checking
 
-def _runner(path, runtime: str, threads: int | None):
+def int8_runner(path, runtime: str, threads: int | None = None):
+    """A function running the INT8 file at `path` in `runtime` on a float32 NCHW batch (any batch
+    size), returning its logits: loaded once, called per batch."""
+    _check_runtime(runtime)
     if runtime == "onnxruntime":
         session = onnxruntime_session(path, threads)
         return lambda x: session.run(None, {INPUT_NAME: x})[0]
@@ -337,7 +349,7 @@ def compare(model: nn.Module, path, runtime: str, images: ImageSet, max_error: f
     output_error with the threshold, or ExportError (one line) when the error exceeds `max_error`."""
     _check_runtime(runtime)
     net = copy.deepcopy(model).float().cpu().eval()
-    run = _runner(path, runtime, threads)
+    run = int8_runner(path, runtime, threads)
     actual, expected = [], []
     with torch.no_grad():
         for i in range(0, len(images.images), CHECK_BATCH):

@@ -25,6 +25,7 @@ from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, REC
 from .profiles import chapter_parameters, load_profile, read_profiles
 from .finetune import distill_reading
 from .observation import observation_reading
+from .int8 import int8_summary
 from .search import candidate_reading, candidate_table
 from .throughput import published_tables, throughput_reading
 from .uncertainty import difference, test_se
@@ -217,6 +218,8 @@ def _answers(layout: RunLayout) -> list[str]:
     answer("5. How much faster are the merged networks? (chapter 5)", "throughput", speed)
     return lines
 
+        int8 = int8_summary(pd.read_csv(layout.int8_csv)) if layout.int8_csv.is_file() else None
+        speed += f"\n\n{int8}" if int8 else ""
 
 def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str = "Results summary") -> str:
     """The results summary page, every number read from the run directory: the answers first,

@@ -178,6 +178,11 @@ class RunLayout:
         return self.chapter_dir("04_merge") / "networks" / f"{kind}.pt"
 
     @property
+    def int8_csv(self) -> Path:
+        """Chapter 4's INT8 accuracy: one row per merged network (and the base) and INT8 runtime."""
+        return self.chapter_dir("04_merge") / "int8.csv"
+
+    @property
     def throughput_csv(self) -> Path:
         return self.chapter_dir("05_throughput") / "throughput.csv"
 

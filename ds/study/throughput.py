@@ -17,10 +17,12 @@ from ds import bench
 from ds.bench.compare import setting_labels
 from ds.bench.profile import time_share_table
 from ds.bench.settings import all_cores
+from ds.export.quantize import CALIBRATION_DATASET, calibration_images
 from ds.networks import load_network
 from ds.provenance import resolve_device
 
 from .chapter import Chapter
+from .int8 import RUNTIMES as INT8_RUNTIMES
 from .merge import standing
 from .search import pattern_source
 
@@ -50,33 +52,81 @@ class ThroughputResult:
     not_measured: list[str]    # settings asked for that cannot run here, each with the reason
 
 
+def int8_table(ch: Chapter) -> pd.DataFrame | None:
+    """Chapter 4's INT8 accuracy (int8.csv), or None where it measured none."""
+    path = ch.layout.int8_csv
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    return table if len(table) else None
+
+
+def bench_int8_images(int8: pd.DataFrame | None, size: int):
+    """The images ds.bench calibrates and checks its INT8 settings on at `size`: as many training
+    images as chapter 4 calibrated on, from the same dataset with the same seed (the first of the
+    full training split's permutation: for a run on all of it at its stored size, chapter 4's very
+    images), and as many more for the check; ds.bench's default without chapter 4's table."""
+    if int8 is None:
+        return None
+    first = int8.iloc[0]
+    dataset = first.get("calibration_dataset")
+    return calibration_images(size, int(first["calibration_images"]), int(first["calibration_seed"]),
+                              dataset if dataset in ("cifar10", "cifar100") else CALIBRATION_DATASET)
+
+
+def row_top1(table: pd.DataFrame, merge: pd.DataFrame, int8: pd.DataFrame | None) -> pd.Series:
+    """The top-1 of each throughput row, as chapter 4 measured it for the network that stands for the
+    row's pattern: its merged float top-1, and in an INT8 setting its INT8 top-1 in that runtime
+    (NaN where chapter 4 did not quantize for that runtime)."""
+    stands = standing(merge)
+    top1 = table["pattern"].map(stands.set_index("pattern")["acc_merged"])
+    quantized = table["dtype"] == "int8"
+    if not quantized.any():
+        return top1
+    measured = pd.Series(dtype=float)
+    if int8 is not None:
+        ours = int8.merge(stands[["pattern", "finetune"]], on=["pattern", "finetune"])
+        measured = ours.set_index(["pattern", "runtime"])["top1_int8"]
+    keys = list(zip(table.loc[quantized, "pattern"], table.loc[quantized, "runtime"]))
+    top1[quantized] = [measured.get(key, float("nan")) for key in keys]
+    return top1
+
+
 def throughput(ch: Chapter, devices, inputs: list[tuple[int | None, int]], repeats: int = 5,
                min_time: float = 0.2, threads: int | None = None,
                runtimes=("torch", "onnxruntime", "openvino")) -> ThroughputResult:
     """Images/s of the BN-folded base and every merged network (the one that stands for each
     pattern, as chapter 4 saved it) in every runtime (torch NCHW and channels_last, ONNX Runtime,
-    OpenVINO; on a GPU torch only), at every (input size, batch) of `inputs` (None: the training
-    size), networks interleaved within each setting. Each row has the speed-up over the base in the
-    same setting and over the fastest base of the device at that input, the setting's label and the
-    top-1 chapter 4 measured (throughput.csv)."""
+    OpenVINO, and INT8 in onnxruntime:int8 and openvino:int8; on a GPU torch only), at every
+    (input size, batch) of `inputs` (None: the training size), networks interleaved within each
+    setting. Each row has the speed-up over the base in the same setting and over the fastest base
+    of the device at that input (any setting, INT8 included), the setting's label, its
+    `quantization` (how an INT8 network was made; empty in float), and the top-1 chapter 4
+    measured (`row_top1`: the INT8 top-1 in an INT8 setting) with its change against the float
+    base (throughput.csv). The INT8 settings quantize each network as ds.bench does, calibrated as
+    chapter 4 did (`bench_int8_images`)."""
     models = merged_networks(ch)
-    accuracy = standing(pd.read_csv(ch.layout.merge_csv)).set_index("pattern")["acc_merged"]
+    merge = pd.read_csv(ch.layout.merge_csv)
+    base_top1 = standing(merge).set_index("pattern")["acc_merged"]["base"]
+    int8 = int8_table(ch)
     frames, not_measured = [], []
     for device in bench_devices(devices):
         here = ",".join(runtimes) if device == "cpu" else "torch"
         for size, batch in inputs:
+            images = bench_int8_images(int8, size or ch.input_size) if ":int8" in here else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 frame = bench.runtime_table(models, size or ch.input_size, batch, runtimes=here,
                                             threads=threads or all_cores(), device=device, model_name=ch.backbone,
-                                            repeats=repeats, min_time=min_time, log=lambda text: None)
+                                            repeats=repeats, min_time=min_time, images=images,
+                                            log=lambda text: None)
             not_measured += [f"{device}: {w.message}" for w in caught
                              if "not measured" in str(w.message) and f"{device}: {w.message}" not in not_measured]
             frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table.insert(table.columns.get_loc("runtime") + 1, "setting", setting_labels(table))
-    table["top1"] = table["pattern"].map(accuracy)
-    table["delta_acc"] = table["top1"] - accuracy["base"]
+    table["top1"] = row_top1(table, merge, int8)
+    table["delta_acc"] = table["top1"] - base_top1
     path = ch.layout.throughput_csv
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
@@ -92,15 +142,19 @@ def best_setting_per_pattern(table: pd.DataFrame) -> pd.DataFrame:
 
 def study_table(ch: Chapter, throughput: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
     """One row per network of the run (study.csv): pattern, source, finetune, removed_blocks,
-    distilled, seed, top1 (unmerged) and top1_merged, macs (merged, at the training input), and on
-    `device` at the training input the img/s in the setting where the network runs fastest and the
-    speed-up over the fastest base (img_s, speedup, setting); other input sizes add the same three
-    columns suffixed _<size>px. Speed is the pattern's: every finetune of a pattern shares it."""
+    distilled, seed, top1 (unmerged) and top1_merged, macs (merged, at the training input), chapter
+    4's INT8 top-1 and agreement per runtime (top1_int8_<runtime>, agreement_int8_<runtime>, where
+    it quantized), and on `device` at the training input the img/s in the setting where the network
+    runs fastest (INT8 settings included) and the speed-up over the fastest base (img_s, speedup,
+    setting), with the network's top-1 in that setting (top1_at_setting: its INT8 top-1 when the
+    setting is INT8); other input sizes add img_s, speedup and setting suffixed _<size>px. Speed is
+    the pattern's: every finetune of a pattern shares it."""
     merge = pd.read_csv(ch.require(ch.layout.merge_csv, "04_merge"))
     table = pd.DataFrame({
         "pattern": merge["pattern"], "source": merge["pattern"].map(pattern_source), "finetune": merge["finetune"],
         "removed_blocks": merge["removed_blocks"], "distilled": merge["distill"], "seed": ch.seed,
         "top1": merge["acc_unmerged"], "top1_merged": merge["acc_merged"], "macs": merge["macs_merged"]})
+    table = with_int8_columns(table, int8_table(ch))
     best = best_setting_per_pattern(throughput[throughput["device"] == device])
     for size, group in best.groupby("input"):
         suffix = "" if size == ch.input_size else f"_{size}px"
@@ -108,29 +162,79 @@ def study_table(ch: Chapter, throughput: pd.DataFrame, device: str = "cpu") -> p
         table[f"img_s{suffix}"] = table["pattern"].map(speed["img_s_median"])
         table[f"speedup{suffix}"] = table["pattern"].map(speed["speedup_over_best_base"])
         table[f"setting{suffix}"] = table["pattern"].map(speed["setting"])
+        if not suffix:
+            table["top1_at_setting"] = top1_at_setting(table, speed)
     path = ch.layout.study_csv
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     return table
 
 
+def with_int8_columns(table: pd.DataFrame, int8: pd.DataFrame | None) -> pd.DataFrame:
+    """`table` (one row per pattern and finetune) with top1_int8_<runtime> and agreement_int8_<runtime>
+    for every runtime chapter 4 quantized for (none without int8.csv)."""
+    if int8 is None:
+        return table
+    table = table.copy()
+    keys = list(zip(table["pattern"], table["finetune"]))
+    for runtime in [r for r in INT8_RUNTIMES if r in set(int8["runtime"])]:
+        rows = int8[int8["runtime"] == runtime].set_index(["pattern", "finetune"])
+        table[f"top1_int8_{runtime}"] = [rows["top1_int8"].get(key, float("nan")) for key in keys]
+        table[f"agreement_int8_{runtime}"] = [rows["agreement"].get(key, float("nan")) for key in keys]
+    return table
+
+
+def top1_at_setting(table: pd.DataFrame, speed: pd.DataFrame) -> pd.Series:
+    """Each network's top-1 in the setting where its pattern runs fastest (`speed`: one row per
+    pattern): its merged float top-1, or in an INT8 setting its own INT8 top-1 in that runtime."""
+    def one(row):
+        best = speed.loc[row["pattern"]] if row["pattern"] in speed.index else None
+        if best is None or best["dtype"] != "int8":
+            return row["top1_merged"]
+        return row.get(f"top1_int8_{best['runtime']}", float("nan"))
+    return table.apply(one, axis=1)
+
+
+def _top1_note(row) -> str:
+    """' (top-1 84.10%)' where the row carries a top-1, else ''."""
+    top1 = row.get("top1")
+    return "" if top1 is None or pd.isna(top1) else f" (top-1 {top1:.2f}%)"
+
+
+def _float_line(group: pd.DataFrame) -> str:
+    """Where INT8 rows are in the table: the same comparison in float settings alone."""
+    floats = group[group["dtype"] != "int8"]
+    bases, merged = floats[floats["pattern"] == "base"], floats[floats["pattern"] != "base"]
+    if bases.empty or merged.empty:
+        return ""
+    base = bases.sort_values("img_s_median").iloc[-1]
+    best = merged.sort_values("img_s_median").iloc[-1]
+    return (f" In float settings alone, the fastest base is {base['setting']} at {base['img_s_median']:.1f} img/s "
+            f"and the fastest merged network, {best['pattern']} in {best['setting']}, runs "
+            f"{best['img_s_median'] / base['img_s_median']:.2f}x that.")
+
+
 def throughput_reading(table: pd.DataFrame) -> str:
     """Two sentences per device and input size with the numbers a reader needs: the fastest base,
-    and what the fastest merged network gains over it and over the base in its own runtime."""
+    and what the fastest merged network gains over it and over the base in its own runtime, each
+    with its top-1 where the table has it (an INT8 row's is its INT8 top-1); where INT8 settings
+    were timed, a third with the same comparison in float settings alone."""
     lines = []
     for (device, size), group in table.groupby(["device", "input"]):
         base = group[group["pattern"] == "base"].sort_values("img_s_median").iloc[-1]
         best = group[group["pattern"] != "base"].sort_values("speedup_over_best_base").iloc[-1]
         losers = group[(group["pattern"] != "base") & (group["speedup_over_best_base"] < 1)]
+        quantized = "dtype" in group and (group["dtype"] == "int8").any()
         lines.append(
             f"On **{device}** ({base['device_name']}) at {size} px, batch {base['batch']}, the fastest way to run the base network is "
-            f"**{base['setting']}** at {base['img_s_median']:.1f} img/s. The fastest merged network, "
-            f"**{best['pattern']}** in {best['setting']}, runs at {best['img_s_median']:.1f} img/s: "
+            f"**{base['setting']}** at {base['img_s_median']:.1f} img/s{_top1_note(base)}. The fastest merged network, "
+            f"**{best['pattern']}** in {best['setting']}, runs at {best['img_s_median']:.1f} img/s{_top1_note(best)}: "
             f"**{best['speedup_over_best_base']:.2f}x** over that best base "
             f"({best['speedup_same_runtime']:.2f}x over the base in its own setting). "
             + (f"{len(losers)} of {int((group['pattern'] != 'base').sum())} (setting, network) rows are slower "
                f"than the best base: a merged network run in a slow runtime does not beat the base run in "
-               f"a fast one." if len(losers) else "Every merged network beats the best base in every setting."))
+               f"a fast one." if len(losers) else "Every merged network beats the best base in every setting.")
+            + (_float_line(group) if quantized else ""))
     return "\n\n".join(lines)
 
 
