@@ -120,13 +120,51 @@ def test_searched_selects_the_searches_without_latency_term_or_those_of_one_runt
     from ds.study.finetune import select_patterns
     candidates = {"searched-k6": [0], "searched-k12": [1], "searched-k6@onnxruntime": [2],
                   "searched-k6@openvino": [3], "random-k6": [4]}
-    assert select_patterns(candidates, ["searched"]) == {"searched-k6": [0], "searched-k12": [1]}
-    assert select_patterns(candidates, ["searched@onnxruntime", "random-k6"]) == {
+    assert select_patterns(candidates, ["searched"])[0] == {"searched-k6": [0], "searched-k12": [1]}
+    assert select_patterns(candidates, ["searched@onnxruntime", "random-k6"])[0] == {
         "searched-k6@onnxruntime": [2], "random-k6": [4]}
     with pytest.raises(ValueError, match="no such search"):
         select_patterns(candidates, ["searched@torch"])
     with pytest.raises(ValueError, match="'DS-Z' is not among"):
         select_patterns(candidates, ["DS-Z"])
+
+
+def test_best_picks_the_search_methods_pattern_with_the_best_held_out_top1_never_the_test_one():
+    from ds.study.finetune import select_patterns
+    candidates = {"searched-k11": [0], "dp-k11": [1], "dp-k11@openvino": [2], "sensitivity-k11": [3], "DS-A": [4],
+                  "dp-k6": [5]}
+    finetuned = pd.DataFrame({
+        "pattern": ["searched-k11", "dp-k11", "dp-k11@openvino", "sensitivity-k11", "DS-A", "dp-k6"],
+        "source": ["searched", "dp", "dp", "sensitivity", "paper", "dp"], "budget": [11] * 5 + [6],
+        "removed_blocks": [6] * 5 + [11], "holdout_top1": [80.0, 82.0, 81.0, 90.0, 95.0, 70.0],
+        "holdout_images": [5000] * 6, "top1": [99.0, 70.0, 70.0, 70.0, 70.0, 70.0]})
+    chosen, why = select_patterns(candidates, ["best@DS-A", "DS-A", "best@k6"], finetuned)
+    assert chosen == {"dp-k11": [1], "DS-A": [4], "dp-k6": [5]}   # not sensitivity (a baseline), not by test top-1
+    assert "82.00% on 5000 training images, of 3 searched and DP patterns" in why["dp-k11"]
+    assert why["DS-A"] == "named by the profile"
+    with pytest.raises(ValueError, match="held-out accuracies: its candidates.csv has none"):
+        select_patterns(candidates, ["best@DS-A"], None)
+    with pytest.raises(ValueError, match="no searched or DP pattern at budget k=3"):
+        select_patterns(candidates, ["best@k3"], finetuned)
+    with pytest.raises(ValueError, match="best@DS-Q: give a budget"):
+        select_patterns(candidates, ["best@DS-Q"], finetuned)
+
+
+def test_targets_and_convergence_are_read_with_their_uncertainty():
+    from ds.study.finetune import convergence_reading, plateau, target_reading
+    results = pd.DataFrame({"pattern": ["dp-k11", "DS-E"], "removed_blocks": [6, 11], "distill": [True, True],
+                            "acc": [85.2, 82.0], "test_images": [10_000, 10_000]})
+    text = target_reading(results, 85.65, {"DS-A": 1.0, "DS-E": 2.0, "DS-F": 3.0}, {"DS-A": 6, "DS-E": 11})
+    assert "**dp-k11** (distilled, 6 blocks removed, target: within 1 points of the base, as DS-A): 85.20%, " \
+           "+0.45 points below the base +- 0.50 (**met**)." in text
+    assert "82.00%, +3.65 points below the base" in text and "(**missed** by 1.65 points)" in text
+    assert "**DS-F's count**: no network of this run removes as many blocks" in text
+    rising = pd.DataFrame({"test_acc": [70.0, 75.0, 78.0, 80.0]})
+    flat = pd.DataFrame({"test_acc": [70.0, 80.0, 80.1, 80.2]})
+    assert plateau(rising, 10_000)["within_se_epoch"] == 4 and plateau(flat, 10_000)["within_se_epoch"] == 2
+    reading = convergence_reading({"a, distilled": rising, "b, distilled": flat}, 10_000)
+    assert "**a, distilled**: 80.00% after 4 epochs" in reading and "**still rising**" in reading
+    assert reading.splitlines()[1].endswith("converged at this length.")
 
 
 def test_runtime_patterns_counts_changed_blocks_and_adds_up_each_runtimes_savings():

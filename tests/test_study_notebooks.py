@@ -51,19 +51,18 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
     assert (candidates["removed_blocks"] == 17 - 8).all()
     assert set(candidates["pattern"]) | {"base"} <= set(merge["pattern"])   # and chapter 4 merged them all
     observation = pd.read_csv(layout.observation_csv)
-    assert sorted(observation["arm"]) == ["after_training", "from_scratch", "with_activations"]
+    assert sorted(observation["arm"]) == ["after_training", "from_scratch", "recovered", "with_activations"]
+    assert observation.loc[observation["arm"] == "recovered", "recipe"].str.startswith("lr 0.05, 0.3 epochs").all()
+    finetuned = pd.read_csv(layout.finetune_results)                 # chapter 3: best@k8 chosen on held-out top-1
+    assert "by held-out top-1" in finetuned["chosen_as"].iloc[0] and (finetuned["epochs"] == 1).all()
+    assert candidates["holdout_top1"].between(0, 100).all() and (candidates["holdout_images"] == 32).all()
     study = pd.read_csv(layout.study_csv)
     assert len(study) == len(merge) and study["img_s"].notna().all() and study["img_s_24px"].notna().all()
+    _check_int8(layout, merge, study)
     provenance = json.loads((tiny_study / "provenance.json").read_text())
     assert set(provenance) == set(CHAPTERS) and {p["profile"] for p in provenance.values()} == {"tiny"}
 
 
-def test_the_book_builds_with_warnings_as_errors(tiny_study):
-    _check_int8(layout, merge, study)
-    html = tiny_study / "book" / "_build" / "html"
-    for page in ["index", "intro", "results", "reproduce", "adapt", "deviations"] + [f"chapters/{c}" for c in CHAPTERS]:
-        assert (html / f"{page}.html").is_file(), page
-    chapter = (html / "chapters" / "01_observation.html").read_text()
 def _check_int8(layout, merge, study):
     """Chapter 4 quantized every merged network and measured it on every test image; chapter 5 timed
     the INT8 settings and carries chapter 4's INT8 top-1 into its rows and into study.csv."""
@@ -90,6 +89,11 @@ def _check_int8(layout, merge, study):
     assert (bases["speedup_over_best_base"] <= 1 + 1e-9).all()
 
 
+def test_the_book_builds_with_warnings_as_errors(tiny_study):
+    html = tiny_study / "book" / "_build" / "html"
+    for page in ["index", "intro", "results", "reproduce", "adapt", "deviations"] + [f"chapters/{c}" for c in CHAPTERS]:
+        assert (html / f"{page}.html").is_file(), page
+    chapter = (html / "chapters" / "01_observation.html").read_text()
     assert "Produced by profile" in chapter and "observe_train_images =" not in chapter   # parameters hidden
 
 
@@ -130,6 +134,10 @@ def _files(folder):
 def test_a_run_writes_nothing_into_the_tracked_book(tiny_study):
     results = (tiny_study / "book" / "results.md").read_text()
     assert "profile **tiny**" in results and "commit" in results
+    first = results.index("## How much accuracy the shrunk networks keep, at what speed")
+    assert first < results.index("## The answers") and "| network | finetune | removed blocks |" in results
+    assert "(images/results_accuracy_speed.png)" in results
+    assert (tiny_study / "book" / "images" / "results_accuracy_speed.png").stat().st_size > 10_000
     assert (tiny_study / "book" / "chapters" / "05_throughput.ipynb").is_file()
     # the run's book was assembled from book/ but book/ holds the published run, not this one
     assert (BOOK / "results.md").read_text() != results

@@ -19,13 +19,14 @@ import pandas as pd
 
 from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
+from . import headline
 from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
                      REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, relative_to_repo)
-from .profiles import chapter_parameters, load_profile, read_profiles
+from .profiles import chapter_parameters, load_profile, profile_chapters, read_profiles
 from .finetune import distill_reading
-from .observation import observation_reading
 from .int8 import int8_summary
+from .observation import observation_reading
 from .search import candidate_reading, candidate_table
 from .throughput import published_tables, throughput_reading
 from .uncertainty import difference, test_se
@@ -80,7 +81,7 @@ def assemble(layout: RunLayout, target: Path, sources: Path = BOOK) -> Path:
             shutil.copy2(source, target / name)
     for chapter in CHAPTERS:
         hide_parameter_cells(layout.notebook(chapter), target / BOOK_CHAPTERS / f"{chapter}.ipynb", layout)
-    (target / RESULTS_PAGE).write_text(results_page(layout))
+    (target / RESULTS_PAGE).write_text(results_page(layout, figure_dir=target))
     return target
 
 
@@ -168,6 +169,8 @@ def _provenance(layout: RunLayout) -> str:
 
 # What the paper claims, beside each answer (its ImageNet results for MobileNetV2-1.4; ds.paper).
 PAPER_CLAIMS = {
+    "kept": "on ImageNet, after 180 finetuning epochs, top-1 against the base and V100 speed-up: "
+            + "; ".join(f"{name} {headline.paper_result(name)}" for name in headline.TARGETS),
     "observation": "activations removed after training, then finetuned, beat the same linear network "
                    "trained from scratch",
     "search": "the searched patterns beat hand-picked ones at the same number of removed blocks",
@@ -215,16 +218,47 @@ def _answers(layout: RunLayout) -> list[str]:
     speed = None
     if layout.throughput_csv.is_file():
         speed = throughput_reading(pd.read_csv(layout.throughput_csv))
+        int8 = int8_summary(pd.read_csv(layout.int8_csv)) if layout.int8_csv.is_file() else None
+        speed += f"\n\n{int8}" if int8 else ""
     answer("5. How much faster are the merged networks? (chapter 5)", "throughput", speed)
     return lines
 
-        int8 = int8_summary(pd.read_csv(layout.int8_csv)) if layout.int8_csv.is_file() else None
-        speed += f"\n\n{int8}" if int8 else ""
 
-def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str = "Results summary") -> str:
-    """The results summary page, every number read from the run directory: the answers first,
-    then what the GPU runs published in `results_dir` say (or that there is none), then the base
-    network and one row per network of the run."""
+RESULTS_FIGURE = "images/results_accuracy_speed.png"   # the results page's figure, inside the book
+
+
+def _kept_lines(layout: RunLayout, figure_dir: Path | None) -> list[str]:
+    """The first answer: how much accuracy the shrunk networks keep, at what speed (ds.study.headline)."""
+    lines = ["## How much accuracy the shrunk networks keep, at what speed", ""]
+    if not (layout.study_csv.is_file() and layout.finetune_results.is_file()):
+        return lines + ["This run has no answer: chapters 3 and 5 did not produce their tables.", ""]
+    study = pd.read_csv(layout.study_csv)
+    base_top1 = float(study.loc[study["source"] == "base", "top1_merged"].iloc[0])
+    test_images = int(pd.read_csv(layout.finetune_results)["test_images"].iloc[0])
+    counts = headline.paper_counts(study)
+    lines += [f"*Paper:* {PAPER_CLAIMS['kept']}.", "",
+              headline.kept_reading(study, base_top1, test_images, counts), "",
+              f"Every network chapter 3 finetuned, merged, on the {test_images:,} test images (+- one standard "
+              f"error; against the base: the standard error of the difference, one seed each), its INT8 top-1, "
+              f"and its speed-up over the fastest way to run the base (INT8 included) in the setting where it "
+              f"runs fastest:", "",
+              _markdown_table(headline.kept_table(study, base_top1, test_images, counts)), ""]
+    if figure_dir is not None and headline.write_figure(study, base_top1, Path(figure_dir) / RESULTS_FIGURE):
+        lines += [f"![Accuracy against speed-up of every network of the run]({RESULTS_FIGURE})", "",
+                  "Every network of the run (grey: chapter 2's candidates after one epoch; blue and green: chapter "
+                  "3's), each in its fastest CPU setting; the dashed line is the base network. The paper's bars "
+                  "are its ImageNet top-1 changes added to this base, at its V100 speed-ups: a different dataset "
+                  "and a different machine, shown for scale, not as a like-for-like comparison.", ""]
+    return lines
+
+
+def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str = "Results summary",
+                 figure_dir: Path | None = None) -> str:
+    """The results summary page, every number read from the run directory: how much accuracy the
+    shrunk networks keep at what speed (its figure written under `figure_dir`, the book being
+    assembled, when given), the answers to the paper's questions, then what the GPU runs published
+    in `results_dir` say (or that there is none), then the base network and one row per network of
+    the run."""
     lines = [f"# {title}", "",
              f"Generated by `python -m ds.study` from the run directory `{run_label(layout)}` "
              f"({_provenance(layout)}). Nothing on this page is typed by hand.", ""]
@@ -234,7 +268,7 @@ def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str 
             if "train_acc" in base else ""
         lines += [f"Base network: test top-1 **{base['test_acc'].iloc[-1]:.2f}%** after {len(base)} epoch(s){train}.",
                   ""]
-    lines += ["## The answers", ""] + _answers(layout) + gpu_section(results_dir)
+    lines += _kept_lines(layout, figure_dir) + ["## The answers", ""] + _answers(layout) + gpu_section(results_dir)
     if layout.study_csv.is_file():
         study = pd.read_csv(layout.study_csv)
         shown = study.drop(columns=[c for c in ("seed",) if c in study]).assign(macs=study["macs"] / 1e6)
@@ -393,10 +427,13 @@ def reproduce_page(profiles_file=None) -> str:
     profiles = read_profiles(profiles_file)
     lines = ["# Reproduce", "",
              "Everything in this book comes from one command, run in a clone of the repository:", "",
-             "```bash", "make study                 # profile quick: about 12 minutes on 2 CPU cores",
-             "make study PROFILE=cpu     # the published study: all of CIFAR-10, at most 150 minutes on 2 CPU cores",
-             "make study PROFILE=gpu     # the GPU study: all of CIFAR-10 on one GPU, in pieces of at most 9 minutes",
+             "```bash", "make study                       # profile quick: about 15 minutes on 2 CPU cores",
+             "make study PROFILE=cpu-observe   # chapter 1 at full scale and the base network cpu adopts",
+             "make publish PROFILE=cpu-observe # its base and table into data/ (no book of its own)",
+             "make study PROFILE=cpu           # the published study: all of CIFAR-10 on 2 CPU cores",
+             "make study PROFILE=gpu           # the GPU study: all of CIFAR-10 on one GPU, in pieces of at most 9 minutes",
              "```", "",
+             "Each profile's description below says how long it takes and where the time goes.", "",
              "On a lent GPU machine, `scripts/gpu_publish.sh` runs the GPU throughput tables first and then the `gpu` "
              "profile, sized to the time left from the training speed it measured (README, *GPU results*).", "",
              "`make study` creates the virtual environment when it is missing, runs "
@@ -435,7 +472,7 @@ def reproduce_page(profiles_file=None) -> str:
              "They are generated from `profiles.yaml`, so they match the profiles exactly.", ""]
     for name, profile in profiles.items():
         lines += [f"## Profile `{name}`", "", profile.get("description", "").strip(), ""]
-        for chapter in CHAPTERS:
+        for chapter in profile_chapters(load_profile(name, profiles_file)):
             lines += [f"{chapter}:", "", "```bash", papermill_command(chapter, name, profiles_file), "```", ""]
     lines += ["## Adding a profile", "",
               "Add an entry to `profiles.yaml` (it may start from another with `extends: quick`) and run "

@@ -1,4 +1,5 @@
-"""Chapter 3, finetuning: the chosen patterns finetuned with and without distillation from the base.
+"""Chapter 3, finetuning: the chosen patterns finetuned to convergence with the study's recovery
+recipe, with and without distillation from the base, against the accuracy targets.
 
 Each step takes the chapter's context (`study.setup`) and its parameters, writes its table to the
 run directory (row by row where a row is expensive, so an interrupted chapter resumes) and returns
@@ -10,11 +11,14 @@ import re
 
 import pandas as pd
 
+import ds
 from ds.meta import info as net_info
-from ds.train import METRICS, TrainConfig, build_model, evaluate
+from ds.patterns import resolve_pattern
+from ds.train import METRICS, build_model, evaluate
 
+from . import recovery as recipes
 from .chapter import Chapter, load_model, removed_blocks, train
-from .uncertainty import difference
+from .uncertainty import difference, gap, test_se
 
 
 def read_patterns(ch: Chapter) -> dict[str, list[int]]:
@@ -22,12 +26,41 @@ def read_patterns(ch: Chapter) -> dict[str, list[int]]:
     return json.loads(ch.require(ch.layout.patterns_json, "02_search").read_text())
 
 
-def select_patterns(candidates: dict[str, list[int]], wanted: list[str]) -> dict[str, list[int]]:
-    """`wanted` names from the candidates; 'searched' stands for every search without latency
-    term (searched-k<budget>), 'searched@<runtime>' for every search with that runtime's."""
-    chosen = {}
+def read_candidates(ch: Chapter) -> pd.DataFrame | None:
+    """Chapter 2's finetuned candidates (candidates.csv), None when it finetuned none."""
+    path = ch.layout.candidates_csv
+    return pd.read_csv(path, dtype={"pattern_bits": str}) if path.is_file() else None
+
+
+def choice_reading(why: dict[str, str]) -> str:
+    """Why each pattern of the chapter was chosen, one line each."""
+    return "\n".join(f"- `{name}`: {reason}" for name, reason in why.items())
+
+
+def target_counts(ch: Chapter, targets: dict) -> dict[str, int]:
+    """Removed blocks of each target pattern (a name of ds.PATTERNS for the chapter's backbone);
+    a name the backbone has no pattern for is left out (its target has no answer)."""
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
+    known = ds.PATTERNS.get(ch.backbone, {})
+    return {name: removed_blocks(model, resolve_pattern(model, name, len(ds.switches(model))))
+            for name in targets if name in known}
+
+
+def select_patterns(candidates: dict[str, list[int]], wanted: list[str],
+                    finetuned: pd.DataFrame | None = None) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """`wanted` names from the candidates, and for each chosen one why it was chosen. 'searched'
+    stands for every search without latency term (searched-k<budget>), 'searched@<runtime>' for
+    every search with that runtime's; 'best@<X>' for the search method's pattern (gate search or DP,
+    with or without a latency term) with the highest top-1 on the held-out training images among
+    chapter 2's finetuned candidates (`finetuned`, its candidates.csv) at X's number of removed
+    blocks, X a paper pattern's name (best@DS-A) or a budget (best@k11)."""
+    chosen, why = {}, {}
     for name in wanted:
-        if name == "searched" or (name.startswith("searched@") and name != "searched@"):
+        if name.startswith("best@"):
+            best, reason = _best_searched(finetuned, name[len("best@"):])
+            chosen[best] = candidates[best]
+            why.setdefault(best, reason)
+        elif name == "searched" or (name.startswith("searched@") and name != "searched@"):
             suffix = name[len("searched"):]
             found = {k: v for k, v in candidates.items()
                      if re.fullmatch(r"searched-k\d+" + re.escape(suffix), k)}
@@ -35,35 +68,119 @@ def select_patterns(candidates: dict[str, list[int]], wanted: list[str]) -> dict
                 raise ValueError(f"pattern {name!r}: chapter 2 made no such search (its patterns: "
                                  f"{', '.join(candidates)})")
             chosen.update(found)
+            for k in found:
+                why.setdefault(k, f"named by the profile ({name})")
         elif name in candidates:
             chosen[name] = candidates[name]
+            why.setdefault(name, "named by the profile")
         else:
             raise ValueError(f"pattern {name!r} is not among chapter 2's patterns: {', '.join(candidates)} "
                              f"(or 'searched' for the searches without latency term, 'searched@RUNTIME' "
-                             f"for those with a runtime's)")
-    return chosen
+                             f"for those with a runtime's, 'best@DS-A' or 'best@k11' for the best searched one)")
+    return chosen, why
 
 
-def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, lr: float, distill_modes=(False, True),
-                      distill_alpha: float = 0.7) -> pd.DataFrame:
-    """Finetune every pattern from the base weights, with and without self-distillation from the
-    base network; results.csv has one row per (pattern, distill)."""
+def _best_searched(finetuned: pd.DataFrame | None, at: str) -> tuple[str, str]:
+    """The search methods' candidate with the best held-out top-1 at `at`'s number of removed blocks."""
+    if finetuned is None or "holdout_top1" not in finetuned:
+        raise ValueError(f"best@{at} chooses on chapter 2's held-out accuracies: its candidates.csv has none "
+                         f"(rerun chapter 2 with candidate_epochs > 0)")
+    if re.fullmatch(r"k\d+", at):
+        budget = int(at[1:])
+    elif at in set(finetuned["pattern"]):
+        budget = int(finetuned.loc[finetuned["pattern"] == at, "budget"].iloc[0])
+    else:
+        raise ValueError(f"best@{at}: give a budget such as best@k11 or a pattern chapter 2 finetuned "
+                         f"({', '.join(finetuned['pattern'])})")
+    pool = finetuned[(finetuned["budget"] == budget) & finetuned["source"].isin(["searched", "dp"])]
+    if pool.empty:
+        raise ValueError(f"best@{at}: chapter 2 finetuned no searched or DP pattern at budget k={budget}")
+    best = pool.sort_values("holdout_top1", ascending=False, kind="stable").iloc[0]
+    return best["pattern"], (f"the best search method's pattern at {at}'s {int(best['removed_blocks'])} removed blocks "
+                             f"by held-out top-1 ({best['holdout_top1']:.2f}% on {int(best['holdout_images'])} "
+                             f"training images, of {len(pool)} searched and DP patterns)")
+
+
+def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, recovery: dict | None,
+                      distill_modes=(False, True), why: dict[str, str] | None = None) -> pd.DataFrame:
+    """Finetune every pattern from the base weights for `epochs` with the `recovery` recipe
+    (`ds.study.recovery`), once per entry of `distill_modes` (with or without self-distillation from
+    the base, whatever the recipe says); results.csv has one row per (pattern, distill)."""
+    recovery = recipes.check(recovery)
     base_ckpt = ch.layout.base_checkpoint
-    teacher = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt)
+    teacher = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt).to(ch.device)
     rows = []
     for name, pattern in patterns.items():
         for distill in distill_modes:
+            recipe = {**recovery, "distill": bool(distill)}
             model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern, init=base_ckpt).to(ch.device)
             before = evaluate(model, ch.test_loader)["acc"]
-            cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, distill_alpha=distill_alpha, seed=ch.seed)
-            metrics = train(model, ch.train_loader, ch.test_loader, cfg, ch.layout.finetune_dir(name, distill),
-                            teacher=teacher if distill else None, meta=net_info(model), piece=ch.piece).metrics
+            metrics = train(model, ch.train_loader, ch.test_loader, recipes.config(recipe, epochs, ch.seed),
+                            ch.layout.finetune_dir(name, distill), teacher=teacher if distill else None,
+                            meta=net_info(model), piece=ch.piece).metrics
             rows.append({"pattern": name, "removed_blocks": removed_blocks(teacher, pattern), "distill": distill,
-                         "acc_before": before, "acc": metrics["test_acc"].iloc[-1],
-                         "test_images": len(ch.data.test_labels), "pattern_bits": "".join(map(str, pattern))})
+                         "acc_before": before, "acc": metrics["test_acc"].iloc[-1], "epochs": epochs,
+                         "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recipe),
+                         "chosen_as": (why or {}).get(name, ""), "pattern_bits": "".join(map(str, pattern))})
     table = pd.DataFrame(rows)
     table.to_csv(ch.layout.finetune_results, index=False)
     return table
+
+
+def recipe_line(results: pd.DataFrame) -> str:
+    """The recipes chapter 3 finetuned with, and for how long, in one line."""
+    epochs = int(results["epochs"].iloc[0])
+    return f"{' or '.join(dict.fromkeys(results['recipe']))}; {epochs} epoch{'' if epochs == 1 else 's'} each."
+
+
+def plateau(metrics: pd.DataFrame, test_images: int) -> dict:
+    """Where a finetuning curve stops improving: the first epoch whose test top-1 is within one
+    standard error of the best, and what the last quarter of the epochs (at least one) added."""
+    acc = metrics["test_acc"].tolist()
+    best = max(acc)
+    se = test_se(best, test_images)
+    reached = next(i for i, a in enumerate(acc, 1) if a >= best - se)
+    tail = max(1, len(acc) // 4)
+    gain = acc[-1] - acc[-1 - tail] if len(acc) > tail else float("nan")
+    return {"epochs": len(acc), "final": acc[-1], "best": best, "best_epoch": acc.index(best) + 1,
+            "within_se_epoch": reached, "last_gain": gain, "last_epochs": tail, "se": se}
+
+
+def convergence_reading(curves: dict[str, pd.DataFrame], test_images: int) -> str:
+    """Per finetuned network: its final top-1, the epoch from which it stayed within one standard
+    error of its best, and what its last epochs added (still rising, or converged)."""
+    lines = []
+    for label, metrics in curves.items():
+        p = plateau(metrics, test_images)
+        if p["epochs"] < 2:
+            lines.append(f"- **{label}**: {p['final']:.2f}% after a single epoch: no curve to read.")
+            continue
+        still = p["last_gain"] > p["se"]
+        lines.append(f"- **{label}**: {p['final']:.2f}% after {p['epochs']} epochs (best {p['best']:.2f}% at epoch "
+                     f"{p['best_epoch']}); within one standard error ({p['se']:.2f}) of its best from epoch "
+                     f"{p['within_se_epoch']}; the last {p['last_epochs']} epoch(s) added {p['last_gain']:+.2f} points: "
+                     + ("**still rising**, longer finetuning should pay." if still else "converged at this length."))
+    return "\n".join(lines)
+
+
+def target_reading(results: pd.DataFrame, base_acc: float, targets: dict, paper_removed: dict[str, int]) -> str:
+    """The accuracy targets: per network at a target pattern's number of removed blocks (`targets`:
+    {pattern name: allowed drop in points}, `paper_removed`: that pattern's removed blocks), the
+    drop from the base, with the test set's standard error of the difference, met or missed."""
+    lines = []
+    for name, allowed in targets.items():
+        removed = paper_removed.get(name)
+        rows = results[results["removed_blocks"] == removed] if removed is not None else results.iloc[0:0]
+        if rows.empty:
+            lines.append(f"- **{name}'s count**: no network of this run removes as many blocks; no answer.")
+            continue
+        for row in rows.sort_values("acc", ascending=False).itertuples():
+            drop, se = gap(base_acc, row.acc, int(row.test_images))
+            kind = "distilled" if row.distill else "plain"
+            lines.append(f"- **{row.pattern}** ({kind}, {removed} blocks removed, target: within {allowed:g} points "
+                         f"of the base, as {name}): {row.acc:.2f}%, {drop:+.2f} points below the base +- {se:.2f} "
+                         + ("(**met**)." if drop <= allowed else f"(**missed** by {drop - allowed:.2f} points)."))
+    return "\n".join(lines)
 
 
 def finetune_summary(results: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,7 @@ from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
 from ds.train import TrainConfig, build_model, evaluate
 
+from . import recovery as recipes
 from .chapter import Chapter, append_row, loaders, read_rows, removed_blocks, train
 from .uncertainty import test_se
 
@@ -283,13 +284,19 @@ def pattern_source(name: str) -> str:
 
 
 def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], budgets: list[int], epochs: int,
-                        lr: float) -> pd.DataFrame:
+                        recovery: dict | None, holdout_images: int) -> pd.DataFrame:
     """Every candidate pattern that removes as many blocks as a searched budget, finetuned from the
-    base alike (no distillation, `epochs` at `lr`, the run's seed): top-1 right after removal and
-    finetuned (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
+    base alike (`epochs` with the `recovery` recipe, `ds.study.recovery`, the run's seed) on the
+    training images outside the held-out ones: top-1 right after removal, then finetuned on the
+    held-out training images (where chapter 3 chooses among them) and on the test set (the final
+    numbers) (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
     with the same pattern as one finetuned already (e.g. a search whose latency term changed
     nothing) gets a copy of that network: same pattern, seed and data give the same training."""
     removable = len(gating.searchable_switches(base))
+    recovery = recipes.check(recovery)
+    train_indices, _ = dpsearch.holdout_split(len(ch.train_loader.labels), holdout_images, ch.seed)
+    train_loader, holdout_loader = ch.train_loader.subset(train_indices), held_out(ch, holdout_images)
+    teacher = base if recipes.distills(recovery) else None
     path = ch.layout.candidates_csv
     rows = read_rows(path)
     done = {r["pattern"] for r in rows}
@@ -308,12 +315,13 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
             model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern,
                                 init=ch.layout.base_checkpoint).to(ch.device)
             before = evaluate(model, ch.test_loader)["acc"]
-            cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=0, seed=ch.seed)
-            metrics = train(model, ch.train_loader, ch.test_loader, cfg, ch.layout.candidate_dir(name),
-                            meta=net_info(model), piece=ch.piece).metrics
+            metrics = train(model, train_loader, ch.test_loader, recipes.config(recovery, epochs, ch.seed),
+                            ch.layout.candidate_dir(name), teacher=teacher, meta=net_info(model), piece=ch.piece).metrics
             append_row(path, rows, {"pattern": name, "source": pattern_source(name), "budget": budget,
                                  "removed_blocks": removable - budget, "epochs": epochs, "top1_removed": before,
-                                 "top1": metrics["test_acc"].iloc[-1], "test_images": len(ch.data.test_labels),
+                                 "holdout_top1": evaluate(model, holdout_loader)["acc"],
+                                 "holdout_images": holdout_images, "top1": metrics["test_acc"].iloc[-1],
+                                 "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recovery),
                                  "pattern_bits": bits})
             done.add(name)
     return pd.DataFrame(rows)
@@ -399,8 +407,48 @@ def candidate_reading(table: pd.DataFrame) -> str:
         se = test_se(group["top1"].max(), int(group["test_images"].iloc[0]))
         lines.append(f"- **{removed} blocks removed.** " + " ".join(sentences) + " Beside them: " + ", ".join(parts)
                      + f". Differences under about {2 * 2 ** 0.5 * se:.1f} points (two standard errors of a "
-                     f"difference) are within the test set's noise." + _latency_term_sentence(group))
+                     f"difference) are within the test set's noise." + _latency_term_sentence(group)
+                     + _target_sentences(group))
     return "\n".join(lines)
+
+
+def _target_sentences(group: pd.DataFrame) -> str:
+    """The search's targets at one budget, each said met or missed with its margin: every search
+    method's pattern at least as accurate as the sensitivity-ranked one, above the random patterns'
+    mean by more than two standard errors of the difference (the random patterns' spread over their
+    number, and the searched pattern's test-set error), and the DP's equal-speed pattern on or above
+    every baseline that runs no faster."""
+    rows = group.set_index("pattern")
+    sensitivity = [p for p in rows.index if pattern_source(p) == "sensitivity"]
+    random_top1 = group.loc[group["source"] == "random", "top1"]
+    parts = []
+    for name in rows.index:
+        if pattern_source(name) not in ("searched", "dp") or "@" in name:
+            continue
+        top1, n = rows.loc[name, "top1"], int(rows.loc[name, "test_images"])
+        checks = []
+        if sensitivity:
+            d = top1 - rows.loc[sensitivity[0], "top1"]
+            checks.append(f"{d:+.2f} points against sensitivity ({'met' if d >= 0 else 'missed'}: at least as "
+                          f"accurate, +- {math.sqrt(2) * test_se(top1, n):.2f})")
+        if len(random_top1) > 1:
+            d = top1 - random_top1.mean()
+            se = math.sqrt(random_top1.var(ddof=1) / len(random_top1) + test_se(top1, n) ** 2)
+            checks.append(f"{d:+.2f} against the random mean ({'met' if d > 2 * se else 'missed'}: more than two "
+                          f"standard errors, 2 x {se:.2f})")
+        if checks:
+            parts.append(f"`{name}`: " + ", ".join(checks))
+    baselines = group[group["source"].isin(["sensitivity", "random", "paper"])]
+    for name in rows.index:
+        if pattern_source(name) != "dp" or "@" not in name or "speedup" not in rows:
+            continue
+        speed, top1 = rows.loc[name, "speedup"], rows.loc[name, "top1"]
+        slower = baselines[baselines["speedup"] <= speed]
+        above = slower[slower["top1"] > top1]
+        parts.append(f"`{name}` (equal speed: {speed:.2f}x) is " + (
+            f"on or above all {len(slower)} baselines that run no faster (met)" if above.empty else
+            f"below {', '.join(f'`{p}` ({t:.2f}%)' for p, t in zip(above['pattern'], above['top1']))} (missed)"))
+    return (" **Targets:** " + "; ".join(parts) + ".") if parts else ""
 
 
 def _latency_term_sentence(group: pd.DataFrame) -> str:

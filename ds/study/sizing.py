@@ -54,15 +54,21 @@ def candidates_per_budget(profile: dict) -> list[int]:
     per runtime) and the paper's patterns that remove as many blocks."""
     paper = [removed(name) for name in PATTERNS.get(profile["backbone"], {})]
     runtimes = len(profile.get("latency_runtimes") or [])
+    gate = runtimes if profile.get("latency_gate_search", True) else 0
     dp = (1 + runtimes) if profile.get("dp_steps") else 0   # dp-k<budget>, and one at equal speed per runtime
-    return [2 + profile.get("random_patterns", 1) + runtimes + dp + paper.count(removed(b))
+    return [2 + profile.get("random_patterns", 1) + gate + dp + paper.count(removed(b))
             for b in profile["search_budgets"]]
 
 
 def finetuned_patterns(profile: dict) -> int:
-    """Chapter 3's patterns: 'searched' stands for every search without latency term."""
+    """Chapter 3's patterns: 'searched' stands for every search without latency term (best@X is one)."""
     budgets = len(profile["search_budgets"])
     return sum(budgets if name == "searched" else 1 for name in profile["patterns"])
+
+
+def distill_cost(recipe: dict | None) -> float:
+    """What one finetuning step of a recovery recipe costs against a plain one."""
+    return DISTILL_COST if (recipe or {}).get("distill") else 1.0
 
 
 @dataclass
@@ -100,11 +106,15 @@ def chapter_work(profile: dict) -> dict[str, Work]:
         reuse = p.get("compare_train_images") is None and seed == p.get("seed", 0) and compare_base == base
         w.trained += ((0 if reuse else compare_base) + finetune + compare_base + finetune) * compare_n
         w.evaluated += 3 * t
+        if p.get("compare_recovery") is not None:   # the third arm, finetuned with the recovery recipe
+            w.trained += finetune * compare_n * distill_cost(p["compare_recovery"])
+            w.evaluated += t
 
     w = work["02_search"]
     budgets = len(p["search_budgets"])
     runtimes = len(p.get("latency_runtimes") or [])
-    searches = budgets * (1 + runtimes + (1 if runtimes else 0))   # + one control search with latency tables
+    gate = runtimes if p.get("latency_gate_search", True) else 0
+    searches = budgets * (1 + gate + (1 if gate else 0))   # + one control search with the runtimes' searches
     w.trained += searches * p["search_epochs"] * n * SEARCH_COST
     w.evaluated += searches * p["search_epochs"] * t
     w.evaluated += (SEARCHABLE_BLOCKS + 1) * p["holdout_images"]
@@ -113,17 +123,19 @@ def chapter_work(profile: dict) -> dict[str, Work]:
         w.evaluated += (SEARCHABLE_BLOCKS + 2) * p["holdout_images"]
     w.fixed_s += runtimes * SEARCHABLE_BLOCKS * 2 * (LATENCY_REPEATS * p.get("latency_min_time", 0.1) + 0.5)
     candidates = sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
-    w.trained += candidates * p.get("candidate_epochs", 1) * n
-    w.evaluated += candidates * (p.get("candidate_epochs", 1) + 1) * t
+    trained_on = n - p["holdout_images"]   # the candidates finetune outside the held-out images
+    w.trained += candidates * p.get("candidate_epochs", 1) * trained_on * distill_cost(p.get("recovery"))
+    w.evaluated += candidates * ((p.get("candidate_epochs", 1) + 1) * t + p["holdout_images"])
     w.fixed_s += (candidates + 1) * (MERGE_S + SPEED_REPEATS * SPEED_MIN_TIME)
 
     w = work["03_finetune"]
     patterns, epochs = finetuned_patterns(p), p["finetune_epochs"]
-    w.trained += patterns * (1 + DISTILL_COST) * epochs * n
-    w.evaluated += patterns * 2 * (epochs + 1) * t
+    modes = p.get("finetune_distill", [False, True])
+    w.trained += patterns * sum(DISTILL_COST if d else 1.0 for d in modes) * epochs * n
+    w.evaluated += patterns * len(modes) * (epochs + 1) * t
 
     w = work["04_merge"]
-    networks = 1 + candidates + 2 * patterns
+    networks = 1 + candidates + len(modes) * patterns
     w.evaluated += 2 * networks * t
     w.fixed_s += networks * MERGE_S
 

@@ -57,3 +57,9 @@ def difference(a: pd.Series, b: pd.Series, test_images: int, name_a: str = "a", 
     spread = (a.var(ddof=1) / len(a) if len(a) > 1 else math.nan) + (b.var(ddof=1) / len(b) if len(b) > 1 else math.nan)
     tests = math.hypot(test_se(a.mean(), test_images), test_se(b.mean(), test_images))
     return Difference(name_a, name_b, float(a.mean()), float(b.mean()), len(a), len(b), math.sqrt(spread), tests)
+
+
+def gap(base_top1: float, top1: float, test_images: int) -> tuple[float, float]:
+    """How far `top1` lies below the base's (points; negative: above) and the standard error of
+    that difference, both measured once on the same `test_images`-image test set."""
+    return base_top1 - top1, math.hypot(test_se(base_top1, test_images), test_se(top1, test_images))
