@@ -333,3 +333,21 @@ def test_the_published_networks_load_and_classify():
         record = json.loads(path.with_name(path.name + ".provenance.json").read_text())
         assert record["sha256"] == ds.provenance.file_sha256(path)
     assert evaluate(base, test)["acc"] > 80 and evaluate(merged, test)["acc"] > 74
+
+
+def test_the_search_targets_are_said_met_or_missed_with_their_margins():
+    from ds.study.search import _target_sentences
+    group = pd.DataFrame({
+        "pattern": ["dp-k11", "searched-k11", "sensitivity-k11", "random-k11-1", "random-k11-2", "random-k11-3",
+                    "DS-A", "dp-k11@openvino"],
+        "source": ["dp", "searched", "sensitivity", "random", "random", "random", "paper", "dp"],
+        "top1": [82.0, 79.0, 80.0, 76.0, 77.0, 78.0, 83.0, 81.0], "test_images": [10_000] * 8,
+        "speedup": [1.3, 1.3, 1.3, 1.2, 1.3, 1.4, 1.5, 1.45]})
+    text = _target_sentences(group)
+    assert "`dp-k11`: +2.00 points against sensitivity (met: at least as accurate, +- 0.54)" in text
+    assert "+5.00 against the random mean (met: more than two standard errors, 2 x 0.69)" in text
+    assert "`searched-k11`: -1.00 points against sensitivity (missed" in text
+    assert "`dp-k11@openvino` (equal speed: 1.45x) is below `sensitivity-k11` (80.00%)" not in text
+    assert "is below `DS-A` (83.00%) (missed)" not in text     # DS-A runs faster: not a rival at this speed
+    assert "on or above all 4 baselines that run no faster (met)" in text
+

@@ -287,9 +287,9 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
                         recovery: dict | None, holdout_images: int) -> pd.DataFrame:
     """Every candidate pattern that removes as many blocks as a searched budget, finetuned from the
     base alike (`epochs` with the `recovery` recipe, `ds.study.recovery`, the run's seed) on the
-    training images outside the held-out ones: top-1 right after removal, then finetuned on the
-    held-out training images (where chapter 3 chooses among them) and on the test set (the final
-    numbers) (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
+    training images outside the held-out ones: top-1 right after removal, and once finetuned its
+    top-1 on the held-out training images (where chapter 3 chooses among them) and on the test set
+    (the final numbers) (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
     with the same pattern as one finetuned already (e.g. a search whose latency term changed
     nothing) gets a copy of that network: same pattern, seed and data give the same training."""
     removable = len(gating.searchable_switches(base))
