@@ -427,7 +427,7 @@ def reproduce_page(profiles_file=None) -> str:
     profiles = read_profiles(profiles_file)
     lines = ["# Reproduce", "",
              "Everything in this book comes from one command, run in a clone of the repository:", "",
-             "```bash", "make study                       # profile quick: about 15 minutes on 2 CPU cores",
+             "```bash", "make study                       # profile quick: about 15 to 20 minutes on 2 CPU cores",
              "make study PROFILE=cpu-observe   # chapter 1 at full scale and the base network cpu adopts",
              "make publish PROFILE=cpu-observe # its base and table into data/ (no book of its own)",
              "make study PROFILE=cpu           # the published study: all of CIFAR-10 on 2 CPU cores",
