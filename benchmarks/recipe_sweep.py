@@ -18,7 +18,6 @@ what a longer schedule than the profile affords would reach.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -75,21 +74,7 @@ def collect() -> pd.DataFrame:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", type=int, choices=sorted(STAGES), help="run the missing configurations of this stage")
-    p.add_argument("--only", nargs="+", help="configuration names to run (of --stage)")
-    p.add_argument("--collect", action="store_true", help="only rewrite the results table")
-    a = p.parse_args()
-    if a.stage is None and not a.collect:
-        p.error("give --stage N to run configurations, or --collect")
-    if a.stage is not None:
-        configs = STAGES[a.stage]
-        unknown = sorted(set(a.only or []) - set(configs))
-        if unknown:
-            p.error(f"unknown configuration(s) {unknown}; stage {a.stage} has {sorted(configs)}")
-        sweep_runs.run_missing(RUNS, configs, arguments, a.only, collect)
-    collect()
-
+    sweep_runs.main(__doc__.splitlines()[0], RUNS, STAGES, arguments, collect)
 
 if __name__ == "__main__":
     main()

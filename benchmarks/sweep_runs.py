@@ -3,6 +3,7 @@ per configuration in runs/<sweep>/<name>/, resumed when it was interrupted, with
 when it finished, its wall time and the load average before and after in <name>/sweep.txt."""
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -95,3 +96,26 @@ def run_missing(runs: Path, configs: dict, arguments, only, collect) -> None:
             continue
         run(runs, name, arguments(settings))
         collect()
+
+
+def main(description: str, runs: Path, stages: dict[int, dict], arguments, collect, stage0=None) -> None:
+    """A sweep's command line: --stage N runs the missing configurations of stage N (--only some
+    of them), then collects; --collect only rewrites the results. `stage0`, when given, is a stage 0
+    that trains nothing (run as it is, then collected)."""
+    p = argparse.ArgumentParser(description=description)
+    choices = ([0] if stage0 else []) + sorted(stages)
+    p.add_argument("--stage", type=int, choices=choices, help="run the missing configurations of this stage")
+    p.add_argument("--only", nargs="+", help="configuration names to run (of --stage)")
+    p.add_argument("--collect", action="store_true", help="only rewrite the results table")
+    a = p.parse_args()
+    if a.stage is None and not a.collect:
+        p.error("give --stage N to run configurations, or --collect")
+    if a.stage == 0 and stage0:
+        stage0()
+    elif a.stage is not None:
+        configs = stages[a.stage]
+        unknown = sorted(set(a.only or []) - set(configs))
+        if unknown:
+            p.error(f"unknown configuration(s) {unknown}; stage {a.stage} has {sorted(configs)}")
+        run_missing(runs, configs, arguments, a.only, collect)
+    collect()
