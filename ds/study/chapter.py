@@ -276,6 +276,13 @@ def removed_blocks(model, pattern) -> int:
     return sum(1 for s in gating.searchable_switches(model) if pattern[s.index] == 0)
 
 
+def at_count(table: pd.DataFrame, counts: dict[str, int], name: str) -> pd.DataFrame:
+    """The rows of `table` that remove as many blocks as pattern `name` (its count in `counts`);
+    none when `counts` does not know it."""
+    removed = counts.get(name)
+    return table[table["removed_blocks"] == removed] if removed is not None else table.iloc[0:0]
+
+
 def load_base(ch: Chapter):
     """The trained base network of this run (chapter 1 makes it), on the chapter's device."""
     path = ch.require(ch.layout.base_checkpoint, "01_observation")

@@ -17,7 +17,7 @@ from ds.patterns import resolve_pattern
 from ds.train import METRICS, build_model, evaluate
 
 from . import recovery as recipes
-from .chapter import Chapter, load_model, removed_blocks, train
+from .chapter import Chapter, at_count, load_model, removed_blocks, train
 from .uncertainty import difference, gap, test_se
 
 
@@ -169,8 +169,7 @@ def target_reading(results: pd.DataFrame, base_acc: float, targets: dict, paper_
     drop from the base, with the test set's standard error of the difference, met or missed."""
     lines = []
     for name, allowed in targets.items():
-        removed = paper_removed.get(name)
-        rows = results[results["removed_blocks"] == removed] if removed is not None else results.iloc[0:0]
+        removed, rows = paper_removed.get(name), at_count(results, paper_removed, name)
         if rows.empty:
             lines.append(f"- **{name}'s count**: no network of this run removes as many blocks; no answer.")
             continue

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ds.paper import PAPER_BASE_TOP1, PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
+from .chapter import at_count
 from .uncertainty import gap, test_se
 
 TARGETS = {"DS-A": 1.0, "DS-E": 2.0}   # allowed top-1 drop (points) at each paper pattern's count
@@ -74,8 +75,7 @@ def kept_reading(study: pd.DataFrame, base_top1: float, test_images: int, paper_
     lines = []
     final = study[study["finetune"].isin(FINAL)]
     for name, allowed in TARGETS.items():
-        removed = paper_removed.get(name)
-        here = final[final["removed_blocks"] == removed] if removed is not None else final.iloc[0:0]
+        removed, here = paper_removed.get(name), at_count(final, paper_removed, name)
         if here.empty:
             lines.append(f"- **At {name}'s count**: no network of this run; no answer.")
             continue
