@@ -36,7 +36,6 @@ ds.train.recalibrate): stage 0 measures what it changes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -135,12 +134,10 @@ def stage0() -> None:
 
 # ---------------------------------------------------------------- results
 
-def standard_error(percent: float, n: int) -> float:
-    p = percent / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
-
-
 def collect() -> pd.DataFrame:
+    sys.path.insert(0, str(ROOT))
+    from ds.study.uncertainty import test_se   # the binomial standard error the book uses
+
     rows = []
     if STAGE0.is_file():
         for name, row in json.loads(STAGE0.read_text()).items():
@@ -158,7 +155,7 @@ def collect() -> pd.DataFrame:
     table = sweep_runs.keep_published(RESULTS, pd.concat(rows, ignore_index=True))
     if len(table):
         for split in ("holdout", "test"):
-            table[f"{split}_se"] = [standard_error(p, n) for p, n in zip(table[f"{split}_acc"], table[f"{split}_n"])]
+            table[f"{split}_se"] = [test_se(p, n) for p, n in zip(table[f"{split}_acc"], table[f"{split}_n"])]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(RESULTS, index=False)
     if len(table):
