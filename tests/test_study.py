@@ -351,3 +351,22 @@ def test_the_search_targets_are_said_met_or_missed_with_their_margins():
     assert "is below `DS-A` (83.00%) (missed)" not in text     # DS-A runs faster: not a rival at this speed
     assert "on or above all 4 baselines that run no faster (met)" in text
 
+
+
+def test_a_published_comparison_is_shown_before_the_runs_own_and_copied_into_the_run(tmp_path):
+    from ds.study.observation import Observation, with_published
+    own = pd.DataFrame({"setting": ["5k-32px"] * 2, "arm": ["after_training", "from_scratch"], "seed": [0, 0],
+                        "top1": [70.0, 60.0], "epochs": [20, 20], "test_images": [10_000] * 2})
+    published = own.assign(setting="50k-32px", top1=[84.0, 80.0])
+    published.to_csv(tmp_path / "observation_cpu-observe.csv", index=False)
+    observation = Observation(own, [1], 11, 17)
+    shown = with_published(observation, str(tmp_path / "observation_cpu-observe.csv"), tmp_path / "run" / "copy.csv")
+    assert list(shown.table["setting"]) == ["50k-32px", "50k-32px", "5k-32px", "5k-32px"]
+    assert pd.read_csv(tmp_path / "run" / "copy.csv").equals(published)
+    assert "**50k-32px**" in shown.reading() and "**5k-32px**" in shown.reading()
+    assert with_published(observation, None, tmp_path / "x.csv") is observation
+    with pytest.raises(FileNotFoundError, match="full_scale_observation .* does not exist: publish the profile"):
+        with_published(observation, str(tmp_path / "missing.csv"), tmp_path / "x.csv")
+    own.drop(columns=["top1"]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="is not an observation table \\(no top1 column\\)"):
+        with_published(observation, str(tmp_path / "bad.csv"), tmp_path / "x.csv")

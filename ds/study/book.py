@@ -26,7 +26,7 @@ from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, REC
 from .profiles import chapter_parameters, load_profile, profile_chapters, read_profiles
 from .finetune import distill_reading
 from .int8 import int8_summary
-from .observation import observation_reading
+from .observation import beside_published, observation_reading
 from .search import candidate_reading, candidate_table
 from .throughput import published_tables, throughput_reading
 from .uncertainty import difference, test_se
@@ -193,9 +193,7 @@ def _answers(layout: RunLayout) -> list[str]:
 
     observation = pd.read_csv(layout.observation_csv) if layout.observation_csv.is_file() else None
     if observation is not None and layout.observation_published.is_file():   # the full-scale run, published
-        published = pd.read_csv(layout.observation_published)
-        observation = pd.concat([published, observation[~observation["setting"].isin(set(published["setting"]))]],
-                                ignore_index=True)
+        observation = beside_published(observation, pd.read_csv(layout.observation_published))
     answer("1. Are activations needed after training? (chapter 1)", "observation",
            observation_reading(observation) if observation is not None and
            {"after_training", "from_scratch"} <= set(observation["arm"]) else None)

@@ -164,8 +164,12 @@ def with_published(observation: Observation, published: str | None, out) -> Obse
         raise ValueError(f"{published} is not an observation table (no {', '.join(sorted(missing))} column)")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
-    own = observation.table[~observation.table["setting"].isin(set(table["setting"]))]
-    return dataclasses.replace(observation, table=pd.concat([table, own], ignore_index=True))
+    return dataclasses.replace(observation, table=beside_published(observation.table, table))
+
+
+def beside_published(own: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """A published comparison's rows, then the run's own rows of every other setting."""
+    return pd.concat([published, own[~own["setting"].isin(set(published["setting"]))]], ignore_index=True)
 
 
 def _setting(images: int, input_size: int) -> str:
