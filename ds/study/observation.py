@@ -218,7 +218,7 @@ def observation(ch: Chapter, pattern, train_images: int | None, seeds: list[int]
     epochs = {"with_activations": base_epochs, "after_training": base_epochs + finetune_epochs,
               "recovered": base_epochs + finetune_epochs, "from_scratch": base_epochs + finetune_epochs}
     arms = [a for a in ARMS if a != "recovered" or recovery is not None]
-    recipe = {"after_training": f"lr {finetune_lr:g}, no warm-up, no distillation",
+    recipe = {"after_training": recipes.describe({"lr": finetune_lr}),
               "recovered": recipes.describe(recovery) if recovery is not None else "",
               "from_scratch": f"lr {base_lr:g}, {recipes.warmup_words(warmup_epochs)}", "with_activations": ""}
 
