@@ -54,3 +54,21 @@ def test_nothing_fits_below_the_last_choices_speed_and_an_unmeasured_backbone_is
     only_140 = sizing.size_study(GPU, {"mobilenetv2_140": 1e9}, 500, (("mobilenetv2_100", 25), ("mobilenetv2_140", 30)))
     assert only_140.choice == ("mobilenetv2_140", 30) and only_140.tried[0] == ("mobilenetv2_100", 25, None)
     assert "speed not measured" in only_140.describe()
+
+
+def test_side_by_side_jobs_take_the_busiest_workers_time_at_the_measured_gain():
+    assert sizing.side_by_side_images([10, 20, 30], workers=1) == 60
+    assert sizing.side_by_side_images([40], workers=2) == 40                     # one job: one process
+    assert sizing.side_by_side_images([10] * 4, workers=2) == pytest.approx(20 * 2 / sizing.WORKER_GAIN)
+    assert sizing.side_by_side_images([10] * 3, workers=2) == pytest.approx(20 * 2 / sizing.WORKER_GAIN)   # 2 + 1
+    assert sizing.side_by_side_images([30, 10, 10, 10], workers=2) == pytest.approx(30 * 2 / sizing.WORKER_GAIN)
+
+
+def test_workers_shorten_chapters_2_and_3_only():
+    cpu = load_profile("cpu")
+    one, two = (sizing.study_seconds({**cpu, "workers": w}, 500) for w in (1, 2))
+    for chapter in CHAPTERS:
+        if chapter in ("02_search", "03_finetune"):
+            assert two[chapter] < one[chapter]
+        else:
+            assert two[chapter] == one[chapter]

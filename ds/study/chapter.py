@@ -23,9 +23,11 @@ from ds import data as ds_data
 from ds import gating
 from ds.loaders import DeviceLoader
 from ds.switches import switches
+from ds.meta import info as net_info
 from ds.provenance import describe_device, git_commit, resolve_device
-from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, fit, load_weights, model_state
+from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, evaluate, fit, load_weights, model_state
 
+from . import recovery as recipes
 from .layout import RunLayout
 
 DEADLINE_ENV = "DS_STUDY_DEADLINE"      # unix time at which the current piece of a run should end
@@ -85,6 +87,8 @@ class Chapter:
     train_loader: DeviceLoader | None = None
     test_loader: DeviceLoader | None = None
     piece: Piece = field(default_factory=Piece.from_env)
+    workers: int = 1               # processes for independent trainings (ds.study.workers)
+    threads: int | None = None     # the chapter's torch threads (None: torch's default), shared by its workers
 
     @property
     def layout(self) -> RunLayout:
@@ -126,18 +130,22 @@ class Chapter:
 
 
 def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: str = "auto", seed: int = 0,
-          threads: int | None = None) -> Chapter:
-    """Set up a chapter: seeds, threads, device, and a provenance record in the run directory."""
+          threads: int | None = None, workers: int = 1) -> Chapter:
+    """Set up a chapter: seeds, threads, device, and a provenance record in the run directory.
+    `workers` > 1 trains the chapter's independent finetunes side by side (ds.study.workers), CPU only."""
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if not isinstance(workers, int) or workers < 1 or (workers > 1 and dev.type != "cpu"):
+        raise ValueError(f"workers {workers!r}: give 1, or more on the CPU only (each worker is a CPU process with "
+                         f"threads // workers threads); on {dev.type} set workers: 1")
     layout = RunLayout(run_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    chapter = Chapter(name, layout.root, profile, dev, seed, now)
+    chapter = Chapter(name, layout.root, profile, dev, seed, now, workers=workers, threads=threads)
     record = json.loads(layout.provenance.read_text()) if layout.provenance.is_file() else {}
     record[name] = {"profile": profile, "device": describe_device(dev), "date_utc": now,
                     "commit": git_commit()["short"], "torch": torch.__version__, "host": platform.node()}
@@ -148,10 +156,10 @@ def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: st
 def setup(name: str, *, run_dir: str | Path, profile: str = "custom", device: str = "auto", seed: int = 0,
           threads: int | None = None, backbone: str | None = None, input_size: int | None = None,
           dataset: str | None = None, data_dir: str | None = None, limit_train: int | None = None,
-          limit_test: int | None = None, batch_size: int | None = None) -> Chapter:
+          limit_test: int | None = None, batch_size: int | None = None, workers: int = 1) -> Chapter:
     """The first call of every chapter: `start`, then (when `dataset` is given) its data and its
     (train, test) loaders on the chapter's device. Show `ctx.summary()` under it."""
-    ch = start(name, run_dir=run_dir, profile=profile, device=device, seed=seed, threads=threads)
+    ch = start(name, run_dir=run_dir, profile=profile, device=device, seed=seed, threads=threads, workers=workers)
     ch.backbone, ch.input_size = backbone, input_size
     if dataset is not None:
         if input_size is None or batch_size is None:
@@ -245,6 +253,57 @@ def train(model, train_loader, test_loader, cfg: TrainConfig, out_dir: str | Pat
         metrics = result.metrics if hasattr(result, "metrics") else result.extra["metrics"]   # fit or search
         if len(metrics) >= cfg.epochs:
             return result
+
+
+@dataclass(frozen=True)
+class FromBase:
+    """What a chapter's finetunes from its base network share (a worker process receives it once)."""
+    backbone: str
+    num_classes: int
+    input_size: int
+    base_checkpoint: Path
+    device: torch.device
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    holdout_loader: DeviceLoader | None = None   # held-out training images, measured once finetuned
+    piece: Piece | None = None
+
+    @classmethod
+    def of(cls, ch: Chapter, train_loader: DeviceLoader | None = None,
+           holdout_loader: DeviceLoader | None = None) -> "FromBase":
+        """The chapter's network, base checkpoint, device, test images and piece; its training images
+        unless `train_loader` is given."""
+        return cls(ch.backbone, ch.num_classes, ch.input_size, ch.layout.base_checkpoint, ch.device,
+                   train_loader or ch.train_loader, ch.test_loader, holdout_loader, ch.piece)
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One finetune: `pattern`'s network built from the base weights, trained `epochs` with `recipe`
+    (ds.study.recovery) and seed `seed`, its checkpoints in `out_dir`."""
+    name: str
+    pattern: tuple[int, ...]
+    recipe: dict
+    epochs: int
+    seed: int
+    out_dir: Path
+
+
+def finetune_from_base(shared: FromBase, job: Finetune) -> dict:
+    """Run `job`, resuming what its out_dir holds (a job for ds.study.workers.side_by_side): test
+    top-1 right after removal (`top1_removed`) and once finetuned (`top1`), top-1 on the held-out
+    images when `shared` has some (`holdout_top1`), and the epochs' `metrics`."""
+    model = build_model(shared.backbone, shared.num_classes, shared.input_size, list(job.pattern),
+                        init=shared.base_checkpoint).to(shared.device)
+    before = evaluate(model, shared.test_loader)["acc"]
+    teacher = (load_model(shared.backbone, shared.num_classes, shared.input_size, shared.base_checkpoint)
+               .to(shared.device) if recipes.distills(job.recipe) else None)
+    metrics = train(model, shared.train_loader, shared.test_loader, recipes.config(job.recipe, job.epochs, job.seed),
+                    job.out_dir, teacher=teacher, meta=net_info(model), piece=shared.piece).metrics
+    result = {"top1_removed": before, "top1": float(metrics["test_acc"].iloc[-1]), "metrics": metrics}
+    if shared.holdout_loader is not None:
+        result["holdout_top1"] = evaluate(model, shared.holdout_loader)["acc"]
+    return result
 
 
 @contextlib.contextmanager

@@ -12,13 +12,13 @@ import re
 import pandas as pd
 
 import ds
-from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
-from ds.train import METRICS, build_model, evaluate
+from ds.train import METRICS, build_model
 
 from . import recovery as recipes
-from .chapter import Chapter, at_count, load_model, removed_blocks, train
+from .chapter import Chapter, FromBase, Finetune, at_count, finetune_from_base, load_model, removed_blocks
 from .uncertainty import difference, gap, test_se
+from .workers import side_by_side
 
 
 def read_patterns(ch: Chapter) -> dict[str, list[int]]:
@@ -105,23 +105,21 @@ def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, recovery: dict |
                       distill_modes=(False, True), why: dict[str, str] | None = None) -> pd.DataFrame:
     """Finetune every pattern from the base weights for `epochs` with the `recovery` recipe
     (`ds.study.recovery`), once per entry of `distill_modes` (with or without self-distillation from
-    the base, whatever the recipe says); results.csv has one row per (pattern, distill)."""
+    the base, whatever the recipe says); results.csv has one row per (pattern, distill), in that
+    order. `ch.workers` > 1 finetunes that many side by side (ds.study.workers)."""
     recovery = recipes.check(recovery)
-    base_ckpt = ch.layout.base_checkpoint
-    teacher = load_model(ch.backbone, ch.num_classes, ch.input_size, base_ckpt).to(ch.device)
-    rows = []
-    for name, pattern in patterns.items():
-        for distill in distill_modes:
-            recipe = {**recovery, "distill": bool(distill)}
-            model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern, init=base_ckpt).to(ch.device)
-            before = evaluate(model, ch.test_loader)["acc"]
-            metrics = train(model, ch.train_loader, ch.test_loader, recipes.config(recipe, epochs, ch.seed),
-                            ch.layout.finetune_dir(name, distill), teacher=teacher if distill else None,
-                            meta=net_info(model), piece=ch.piece).metrics
-            rows.append({"pattern": name, "removed_blocks": removed_blocks(teacher, pattern), "distill": distill,
-                         "acc_before": before, "acc": metrics["test_acc"].iloc[-1], "epochs": epochs,
-                         "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recipe),
-                         "chosen_as": (why or {}).get(name, ""), "pattern_bits": "".join(map(str, pattern))})
+    base = load_model(ch.backbone, ch.num_classes, ch.input_size, ch.layout.base_checkpoint)
+    jobs = [Finetune(name, tuple(pattern), {**recovery, "distill": bool(distill)}, epochs, ch.seed,
+                     ch.layout.finetune_dir(name, distill))
+            for name, pattern in patterns.items() for distill in distill_modes]
+    done = {job.out_dir: result for job, result in side_by_side(finetune_from_base, FromBase.of(ch), jobs,
+                                                                  ch.workers, ch.threads)}
+    rows = [{"pattern": job.name, "removed_blocks": removed_blocks(base, list(job.pattern)),
+             "distill": job.recipe["distill"], "acc_before": done[job.out_dir]["top1_removed"],
+             "acc": done[job.out_dir]["top1"], "epochs": epochs, "test_images": len(ch.data.test_labels),
+             "recipe": recipes.describe(job.recipe),
+             "chosen_as": (why or {}).get(job.name, ""), "pattern_bits": "".join(map(str, job.pattern))}
+            for job in jobs]
     table = pd.DataFrame(rows)
     table.to_csv(ch.layout.finetune_results, index=False)
     return table

@@ -34,11 +34,12 @@ from ds.bench.settings import all_cores
 from ds.bench.variants import build_variants
 from ds.meta import info as net_info
 from ds.patterns import resolve_pattern
-from ds.train import TrainConfig, build_model, evaluate
+from ds.train import TrainConfig, build_model
 
 from . import recovery as recipes
-from .chapter import Chapter, append_row, loaders, read_rows, removed_blocks, train
+from .chapter import Chapter, FromBase, Finetune, finetune_from_base, loaders, read_rows, removed_blocks, train
 from .uncertainty import test_se
+from .workers import side_by_side
 
 
 def search(ch: Chapter, base, budgets: list[int], epochs: int, lr: float, gate_lr: float,
@@ -289,41 +290,50 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
     base alike (`epochs` with the `recovery` recipe, `ds.study.recovery`, the run's seed) on the
     training images outside the held-out ones: top-1 right after removal, and once finetuned its
     top-1 on the held-out training images (where chapter 3 chooses among them) and on the test set
-    (the final numbers) (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/). A candidate
-    with the same pattern as one finetuned already (e.g. a search whose latency term changed
-    nothing) gets a copy of that network: same pattern, seed and data give the same training."""
+    (the final numbers) (candidates.csv, row by row; networks in 02_search/finetune/<pattern>/).
+    `ch.workers` > 1 finetunes that many side by side (ds.study.workers); the table keeps the
+    candidates' order. A candidate with the same pattern as another (e.g. a search whose latency
+    term changed nothing) gets a copy of that one's network: same pattern, seed and data give the
+    same training."""
     removable = len(gating.searchable_switches(base))
     recovery = recipes.check(recovery)
     train_indices, _ = dpsearch.holdout_split(len(ch.train_loader.labels), holdout_images, ch.seed)
-    train_loader, holdout_loader = ch.train_loader.subset(train_indices), held_out(ch, holdout_images)
-    teacher = base if recipes.distills(recovery) else None
+    shared = FromBase.of(ch, ch.train_loader.subset(train_indices), held_out(ch, holdout_images))
     path = ch.layout.candidates_csv
     rows = read_rows(path)
-    done = {r["pattern"] for r in rows}
-    for budget in budgets:
-        for name, pattern in candidates.items():
-            if name in done or removed_blocks(base, pattern) != removable - budget:
-                continue
-            bits = "".join(map(str, pattern))
-            twin = next((r for r in rows if str(r["pattern_bits"]) == bits), None)
-            if twin is not None:   # the same pattern under another name trains the same network: copy it
-                shutil.copytree(ch.layout.candidate_dir(twin["pattern"]), ch.layout.candidate_dir(name),
-                                dirs_exist_ok=True)
-                append_row(path, rows, {**twin, "pattern": name, "source": pattern_source(name)})
-                done.add(name)
-                continue
-            model = build_model(ch.backbone, ch.num_classes, ch.input_size, pattern,
-                                init=ch.layout.base_checkpoint).to(ch.device)
-            before = evaluate(model, ch.test_loader)["acc"]
-            metrics = train(model, train_loader, ch.test_loader, recipes.config(recovery, epochs, ch.seed),
-                            ch.layout.candidate_dir(name), teacher=teacher, meta=net_info(model), piece=ch.piece).metrics
-            append_row(path, rows, {"pattern": name, "source": pattern_source(name), "budget": budget,
-                                 "removed_blocks": removable - budget, "epochs": epochs, "top1_removed": before,
-                                 "holdout_top1": evaluate(model, holdout_loader)["acc"],
-                                 "holdout_images": holdout_images, "top1": metrics["test_acc"].iloc[-1],
-                                 "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recovery),
-                                 "pattern_bits": bits})
-            done.add(name)
+    budget_of = {name: budget for budget in budgets for name, pattern in candidates.items()
+                 if removed_blocks(base, pattern) == removable - budget}
+    order = list(budget_of)   # budget by budget, as `candidates` lists them
+    trained = {str(r["pattern_bits"]): r["pattern"] for r in rows}
+    jobs, twins = [], []
+    for name in order:
+        bits = "".join(map(str, candidates[name]))
+        if any(r["pattern"] == name for r in rows):
+            continue
+        if bits in trained:
+            twins.append(name)
+        else:
+            trained[bits] = name
+            jobs.append(Finetune(name, tuple(candidates[name]), recovery, epochs, ch.seed,
+                                 ch.layout.candidate_dir(name)))
+
+    def write(row: dict) -> None:   # row by row, in the candidates' order whichever worker ended first
+        rows.append(row)
+        rows.sort(key=lambda r: order.index(r["pattern"]) if r["pattern"] in order else len(order))
+        pd.DataFrame(rows).to_csv(path, index=False)
+
+    for job, result in side_by_side(finetune_from_base, shared, jobs, ch.workers, ch.threads):
+        write({"pattern": job.name, "source": pattern_source(job.name), "budget": budget_of[job.name],
+               "removed_blocks": removable - budget_of[job.name], "epochs": epochs,
+               "top1_removed": result["top1_removed"], "holdout_top1": result["holdout_top1"],
+               "holdout_images": holdout_images, "top1": result["top1"],
+               "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recovery),
+               "pattern_bits": "".join(map(str, job.pattern))})
+    for name in twins:   # the same pattern under another name trains the same network: copy it
+        bits = "".join(map(str, candidates[name]))
+        twin = next(r for r in rows if str(r["pattern_bits"]) == bits)
+        shutil.copytree(ch.layout.candidate_dir(twin["pattern"]), ch.layout.candidate_dir(name), dirs_exist_ok=True)
+        write({**twin, "pattern": name, "source": pattern_source(name)})
     return pd.DataFrame(rows)
 
 

@@ -5,11 +5,14 @@ to one command of a lent GPU machine (scripts/gpu_publish.sh).
 The only measured input is the training speed, images per second of `ds.train` at 32 px in bf16
 and channels_last (benchmarks/train_speed.py). Everything else is counted from the profile: the
 images each chapter trains and evaluates (an evaluated image costs EVAL_COST of a trained one),
-plus fixed seconds per chapter (papermill start-up, merging, timing). The fixed costs below are
-assumptions, each with where it comes from; the estimate is meant to err long.
+plus fixed seconds per chapter (papermill start-up, merging, timing). A profile's `workers` runs
+chapter 2's candidates and chapter 3's networks side by side (ds.study.workers), at WORKER_GAIN
+times the speed in all, each job on its own worker. The fixed costs below are assumptions, each
+with where it comes from; the estimate is meant to err long.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from ds.paper import PAPER_PATTERNS
@@ -26,12 +29,17 @@ SEARCH_COST = 1.25         # the gate search's step: gates, their optimizer and 
 CHAPTER_START_S = 20.0     # papermill, a fresh kernel, imports, CUDA init, the cached data onto the device (assumed)
 DECODE_S = 20.0            # CIFAR-10 decoded once on a fresh machine (README: about 20 s)
 MERGE_S = 3.3              # merge and verify one network: 7 mobilenetv2_140 at 224 px took 23 s on 2 CPU cores
+INT8_S = 20.0              # quantize one network for ONNX Runtime and OpenVINO and measure both on 10,000 test
+                           # images: about 20 s for mobilenetv2_035 at 32 px on the loaded 2-core VM (2026-12-01)
 BENCH_OVERHEAD_S = 1.5     # per network and setting timed: warm-up, cudnn autotuning (assumed)
 PROFILE_PASS_S = 0.5       # one profiled CPU pass of chapter 5's time shares (assumed)
 GPU_SETTINGS = 2           # chapter 5 on a GPU: torch fp32 NCHW and channels_last, eager
 CPU_SETTINGS = 5           # chapter 5 on the CPU: torch NCHW and channels_last, ONNX Runtime, OpenVINO f32 and bf16
 SPEED_REPEATS, SPEED_MIN_TIME = 5, 0.2   # chapter 2 times its candidates so (ds.study.steps.pattern_speed)
 LATENCY_REPEATS = 7        # chapter 2's latency tables (ds.study.steps.latency_tables)
+WORKER_GAIN = 1.11         # images/s in all of 2 one-thread workers over one 2-thread process: median of 3 rounds,
+                           # 1.07-1.20 (benchmarks/results/workers_speed.csv, mobilenetv2_035, 32 px, 2-core VM,
+                           # 2026-12-01); assumed for more workers too
 
 # The gpu profile's choices, best first: the paper's network first and the base trained long
 # enough for the 92% target; below 20 epochs the narrower network trained longer comes first;
@@ -73,13 +81,38 @@ def distill_cost(recipe: dict | None) -> float:
 
 @dataclass
 class Work:
-    """One chapter's work: images trained, images evaluated, and seconds that do not scale with them."""
+    """One chapter's work: images trained and evaluated one after another, the images of each job
+    run side by side on `workers` (trained and evaluated, weighed alike), and seconds that do not
+    scale with images."""
     trained: float = 0.0
     evaluated: float = 0.0
     fixed_s: float = CHAPTER_START_S
+    jobs: list[float] = field(default_factory=list)
+    workers: int = 1
+
+    def images(self) -> float:
+        """The images one process would train in the time this chapter takes (fixed seconds aside)."""
+        return self.trained + EVAL_COST * self.evaluated + side_by_side_images(self.jobs, self.workers)
 
     def seconds(self, img_s: float) -> float:
-        return (self.trained + EVAL_COST * self.evaluated) / img_s + self.fixed_s
+        return self.images() / img_s + self.fixed_s
+
+
+def side_by_side_images(jobs: list[float], workers: int) -> float:
+    """How many images one process would train in the time `workers` take for `jobs` (each job's
+    images), each job going to the first free worker as ds.study.workers hands them out; a worker
+    trains at WORKER_GAIN / workers of one process's speed. One worker, or one job: their sum."""
+    if workers <= 1 or len(jobs) <= 1:
+        return float(sum(jobs))
+    free = [0.0] * min(workers, len(jobs))
+    for images in jobs:
+        heapq.heappush(free, heapq.heappop(free) + images)
+    return max(free) * workers / WORKER_GAIN
+
+
+def job(trained: float, evaluated: float) -> float:
+    """One side-by-side job's images, its evaluations weighed in."""
+    return trained + EVAL_COST * evaluated
 
 
 def chapter_work(profile: dict) -> dict[str, Work]:
@@ -89,6 +122,8 @@ def chapter_work(profile: dict) -> dict[str, Work]:
     t = p.get("limit_test") or CIFAR10_TEST
     base = p["base_epochs"]
     work = {chapter: Work() for chapter in CHAPTERS}
+    for chapter in ("02_search", "03_finetune"):
+        work[chapter].workers = p.get("workers", 1)
 
     w = work["01_observation"]
     w.fixed_s += DECODE_S
@@ -124,20 +159,22 @@ def chapter_work(profile: dict) -> dict[str, Work]:
     w.fixed_s += runtimes * SEARCHABLE_BLOCKS * 2 * (LATENCY_REPEATS * p.get("latency_min_time", 0.1) + 0.5)
     candidates = sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
     trained_on = n - p["holdout_images"]   # the candidates finetune outside the held-out images
-    w.trained += candidates * p.get("candidate_epochs", 1) * trained_on * distill_cost(p.get("recovery"))
-    w.evaluated += candidates * ((p.get("candidate_epochs", 1) + 1) * t + p["holdout_images"])
+    epochs = p.get("candidate_epochs", 1)
+    w.jobs += [job(epochs * trained_on * distill_cost(p.get("recovery")), (epochs + 1) * t + p["holdout_images"])
+               for _ in range(candidates)]
     w.fixed_s += (candidates + 1) * (MERGE_S + SPEED_REPEATS * SPEED_MIN_TIME)
 
     w = work["03_finetune"]
     patterns, epochs = finetuned_patterns(p), p["finetune_epochs"]
     modes = p.get("finetune_distill", [False, True])
-    w.trained += patterns * sum(DISTILL_COST if d else 1.0 for d in modes) * epochs * n
-    w.evaluated += patterns * len(modes) * (epochs + 1) * t
+    w.jobs += [job((DISTILL_COST if d else 1.0) * epochs * n, (epochs + 1) * t) for _ in range(patterns) for d in modes]
 
     w = work["04_merge"]
     networks = 1 + candidates + len(modes) * patterns
     w.evaluated += 2 * networks * t
     w.fixed_s += networks * MERGE_S
+    if p.get("int8_calibration_images", 300):
+        w.fixed_s += networks * INT8_S * t / CIFAR10_TEST
 
     w = work["05_throughput"]
     standing = 1 + (candidates if candidates else patterns)
@@ -162,7 +199,7 @@ def required_speed(profile: dict, budget_s: float) -> float:
     """The training speed (images per second) at which `profile`'s estimate is `budget_s`
     (infinite when its fixed seconds alone exceed the budget)."""
     work = chapter_work(profile).values()
-    images = sum(w.trained + EVAL_COST * w.evaluated for w in work)
+    images = sum(w.images() for w in work)
     spare = budget_s - sum(w.fixed_s for w in work)
     return images / spare if spare > 0 else float("inf")
 
