@@ -6,7 +6,7 @@ of the whole run (same threads and batch, any runtime).
 
 The project's tables:
     CPU:  python -m ds.bench --model mobilenetv2_140 --patterns paper --device cpu --batch 16 \\
-              --input 224 --runtimes torch,onnxruntime,openvino,openvino:bf16 \\
+              --input 224 --runtimes torch,onnxruntime,openvino,openvino:bf16,onnxruntime:int8,openvino:int8 \\
               --layouts nchw,channels_last --threads 1 --repeats 5 --min-time 1 \\
               --out data/results/throughput_mbv2_140_cpu.csv \\
               --time-shares data/results/time_shares_mbv2_140_cpu.csv
