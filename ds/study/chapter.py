@@ -22,9 +22,9 @@ import torch
 from ds import data as ds_data
 from ds import gating
 from ds.loaders import DeviceLoader
-from ds.switches import switches
 from ds.meta import info as net_info
 from ds.provenance import describe_device, git_commit, resolve_device
+from ds.switches import switches
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, evaluate, fit, load_weights, model_state
 
 from . import recovery as recipes

@@ -108,13 +108,13 @@ def finetune_patterns(ch: Chapter, patterns: dict, epochs: int, recovery: dict |
     the base, whatever the recipe says); results.csv has one row per (pattern, distill), in that
     order. `ch.workers` > 1 finetunes that many side by side (ds.study.workers)."""
     recovery = recipes.check(recovery)
-    base = load_model(ch.backbone, ch.num_classes, ch.input_size, ch.layout.base_checkpoint)
+    structure = build_model(ch.backbone, ch.num_classes, ch.input_size)   # which blocks a pattern removes
     jobs = [Finetune(name, tuple(pattern), {**recovery, "distill": bool(distill)}, epochs, ch.seed,
                      ch.layout.finetune_dir(name, distill))
             for name, pattern in patterns.items() for distill in distill_modes]
     done = {job.out_dir: result for job, result in side_by_side(finetune_from_base, FromBase.of(ch), jobs,
                                                                   ch.workers, ch.threads)}
-    rows = [{"pattern": job.name, "removed_blocks": removed_blocks(base, list(job.pattern)),
+    rows = [{"pattern": job.name, "removed_blocks": removed_blocks(structure, list(job.pattern)),
              "distill": job.recipe["distill"], "acc_before": done[job.out_dir]["top1_removed"],
              "acc": done[job.out_dir]["top1"], "epochs": epochs, "test_images": len(ch.data.test_labels),
              "recipe": recipes.describe(job.recipe),

@@ -304,16 +304,16 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
     budget_of = {name: budget for budget in budgets for name, pattern in candidates.items()
                  if removed_blocks(base, pattern) == removable - budget}
     order = list(budget_of)   # budget by budget, as `candidates` lists them
-    trained = {str(r["pattern_bits"]): r["pattern"] for r in rows}
+    bits = {name: "".join(map(str, candidates[name])) for name in order}
+    done, trained = {r["pattern"] for r in rows}, {str(r["pattern_bits"]) for r in rows}
     jobs, twins = [], []
     for name in order:
-        bits = "".join(map(str, candidates[name]))
-        if any(r["pattern"] == name for r in rows):
+        if name in done:
             continue
-        if bits in trained:
+        if bits[name] in trained:
             twins.append(name)
         else:
-            trained[bits] = name
+            trained.add(bits[name])
             jobs.append(Finetune(name, tuple(candidates[name]), recovery, epochs, ch.seed,
                                  ch.layout.candidate_dir(name)))
 
@@ -328,10 +328,9 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
                "top1_removed": result["top1_removed"], "holdout_top1": result["holdout_top1"],
                "holdout_images": holdout_images, "top1": result["top1"],
                "test_images": len(ch.data.test_labels), "recipe": recipes.describe(recovery),
-               "pattern_bits": "".join(map(str, job.pattern))})
+               "pattern_bits": bits[job.name]})
     for name in twins:   # the same pattern under another name trains the same network: copy it
-        bits = "".join(map(str, candidates[name]))
-        twin = next(r for r in rows if str(r["pattern_bits"]) == bits)
+        twin = next(r for r in rows if str(r["pattern_bits"]) == bits[name])
         shutil.copytree(ch.layout.candidate_dir(twin["pattern"]), ch.layout.candidate_dir(name), dirs_exist_ok=True)
         write({**twin, "pattern": name, "source": pattern_source(name)})
     return pd.DataFrame(rows)
