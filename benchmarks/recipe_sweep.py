@@ -76,5 +76,6 @@ def collect() -> pd.DataFrame:
 def main() -> None:
     sweep_runs.main(__doc__.splitlines()[0], RUNS, STAGES, arguments, collect)
 
+
 if __name__ == "__main__":
     main()

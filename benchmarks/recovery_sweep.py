@@ -204,5 +204,6 @@ def _plot(table: pd.DataFrame) -> None:
 def main() -> None:
     sweep_runs.main(__doc__.splitlines()[0], RUNS, STAGES, arguments, collect, stage0=stage0)
 
+
 if __name__ == "__main__":
     main()

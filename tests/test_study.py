@@ -352,7 +352,6 @@ def test_the_search_targets_are_said_met_or_missed_with_their_margins():
     assert "on or above all 4 baselines that run no faster (met)" in text
 
 
-
 def test_a_published_comparison_is_shown_before_the_runs_own_and_copied_into_the_run(tmp_path):
     from ds.study.observation import Observation, with_published
     own = pd.DataFrame({"setting": ["5k-32px"] * 2, "arm": ["after_training", "from_scratch"], "seed": [0, 0],
