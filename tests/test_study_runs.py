@@ -4,6 +4,7 @@ that always move forward, and the command line's one-line errors."""
 import ast
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import nbformat
 import pytest
 
 from ds.study import layout as study_layout
+from ds.study import snapshot
 from ds.study.layout import CHAPTERS, RunLayout
 from ds.study.lock import RunLocked, hold
 from ds.study.profiles import ProfileError, load_profile
@@ -47,7 +49,7 @@ def stand_in(tmp_path):
 
     def run(profile="p", **kwargs):
         return run_study(profile, profiles_file=profiles, run_root=tmp_path / "runs", book=False,
-                         notebooks=notebooks, **kwargs)
+                         notebooks=notebooks, state_dir=tmp_path / "state", **kwargs)
 
     def ran(run_dir):
         path = Path(run_dir) / "ran.txt"
@@ -109,6 +111,26 @@ def test_an_unfinished_chapter_resumes_only_with_the_parameters_it_started_with(
         run()
         assert (layout.chapter_dir("03_finetune") / "checkpoint.pt").exists() == kept
         assert not layout.started("03_finetune").exists() and layout.done("03_finetune").exists()
+
+
+def test_a_run_moved_as_a_snapshot_resumes_where_it_stopped(stand_in, tmp_path, capsys):
+    run, ran, _ = stand_in
+    run_dir = run()
+    ran(run_dir)
+    layout = RunLayout(run_dir)
+    layout.done("04_merge").unlink()                     # stopped inside chapter 4, with a checkpoint
+    layout.done("05_throughput").unlink()
+    layout.chapter_dir("04_merge").mkdir(exist_ok=True)
+    (layout.chapter_dir("04_merge") / "checkpoint.pt").write_text("partial work")
+    snapshot.save(layout, "p", tmp_path / "state")
+    shutil.rmtree(run_dir)                               # a fresh clone on another machine
+    capsys.readouterr()
+    run()
+    assert "restored the run from" in capsys.readouterr().out
+    assert ran(run_dir) == ["04_merge 1", "05_throughput 1"]
+    assert (layout.chapter_dir("04_merge") / "checkpoint.pt").read_text() == "partial work"
+    run()                                                # a run that holds chapters is never overwritten
+    assert ran(run_dir) == [] and "is not restored: this run directory holds chapters" in capsys.readouterr().out
 
 
 def test_a_second_process_on_the_same_run_directory_fails_at_once(stand_in, tmp_path):

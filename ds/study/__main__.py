@@ -1,4 +1,5 @@
-"""python -m ds.study run --profile quick | book --profile quick | publish --profile cpu | pages"""
+"""python -m ds.study run --profile quick | book --profile quick | publish --profile cpu | pages
+| snapshot --profile cpu (an unfinished run, packed into state/ to commit and resume elsewhere)"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 
 from ds.errors import DeviceError
 
-from . import book, runner
+from . import book, runner, snapshot
 from .lock import RunLocked
 from .profiles import ProfileError
 
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-book", action="store_true", help="do not build the run's book")
     common(sub.add_parser("book", help="build the book of a finished run inside its run directory"))
     common(sub.add_parser("publish", help="publish a complete run into book/ and build it"))
+    common(sub.add_parser("snapshot", help="pack runs/<profile> into state/<profile>.tar.gz, to commit; "
+                                           "`run` restores it on a machine without the run"))
     sub.add_parser("pages", help="regenerate book/reproduce.md, recipe.md, recovery.md and the intro diagram")
     return parser
 
@@ -46,6 +49,11 @@ def main(argv=None) -> int:
         elif args.command == "publish":
             html = runner.publish(args.profile, **where)
             print(html or f"[study] profile {args.profile} has no book: its tables and networks are published")
+        elif args.command == "snapshot":
+            runner.load_profile(args.profile, args.profiles_file)   # a misspelt profile is named as such
+            path = snapshot.save(runner.run_layout(args.profile, args.run_root), args.profile)
+            print(f"[study] snapshot of runs/{args.profile}: {path} ({snapshot.describe(snapshot.read_manifest(path))}); "
+                  f"commit it, and python -m ds.study run --profile {args.profile} resumes from it on a fresh clone")
         else:
             book.write_static_pages()
     except runner.PiecePaused as err:
@@ -60,7 +68,7 @@ def main(argv=None) -> int:
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (runner.ChapterFailed, runner.StaleRun, book.NotPublishable, ProfileError, RunLocked,
-            DeviceError) as err:
+            DeviceError, snapshot.SnapshotError) as err:
         print(f"[study] error: {err}", file=sys.stderr)
         return 1
     except OSError as err:

@@ -29,6 +29,7 @@ from .layout import (CHAPTERS, CHECKPOINTS_DIR, NOTEBOOKS, REPO_ROOT, RESULTS_DI
 from .lock import hold
 from .profiles import ProfileError, chapter_parameters, covers_study, load_profile, profile_chapters
 from .results import publish_results
+from .snapshot import STATE_DIR, describe, holds_chapters, restore, snapshot_path
 
 RUNS = REPO_ROOT / "runs"
 EXIT_PAUSED = 3
@@ -121,8 +122,11 @@ def clear_outputs(layout: RunLayout, chapter: str) -> None:
 
 
 def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, chapters=None,
-              restart: bool = False, book: bool = True, notebooks: Path = NOTEBOOKS) -> Path:
-    """Run the chapters not current, then build the run's own book; the run directory."""
+              restart: bool = False, book: bool = True, notebooks: Path = NOTEBOOKS,
+              state_dir: str | Path = STATE_DIR) -> Path:
+    """Run the chapters not current, then build the run's own book; the run directory. A run
+    directory that holds no chapter yet is first restored from the profile's committed snapshot,
+    when there is one (`ds.study.snapshot`)."""
     profile = load_profile(profile_name, profiles_file)
     own = profile_chapters(profile)
     chosen = list(chapters or own)
@@ -135,6 +139,7 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
     layout.root.mkdir(parents=True, exist_ok=True)
     with hold(layout.lock):
         log = _logger(layout)
+        _restore_snapshot(layout, profile_name, state_dir, log)
         parameters = run_parameters(profile, layout, notebooks)
         _run_chapters(profile, layout, parameters, chosen, restart, log, notebooks)
         if book:
@@ -149,6 +154,20 @@ def run_study(profile_name: str, *, profiles_file=None, run_root: str | Path = R
             log.info(f"profile {profile_name} runs {', '.join(own)} only: no book of its own; make publish "
                      f"PROFILE={profile_name} publishes its tables and networks for the profiles that use them")
     return layout.root
+
+
+def _restore_snapshot(layout: RunLayout, profile_name: str, state_dir: str | Path, log: logging.Logger) -> None:
+    """A run directory without chapters starts from the profile's committed snapshot, if any."""
+    path = snapshot_path(profile_name, state_dir)
+    if not path.is_file():
+        return
+    source = relative_to_repo(path)
+    if holds_chapters(layout):
+        log.info(f"{source} is not restored: this run directory holds chapters already (move it away to "
+                 f"restore the snapshot instead)")
+        return
+    manifest = restore(layout, profile_name, state_dir)
+    log.info(f"restored the run from {source} ({describe(manifest)}); delete that file to start over instead")
 
 
 def _run_chapters(profile: dict, layout: RunLayout, parameters: dict, chosen: list[str], restart: bool,
