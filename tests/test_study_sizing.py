@@ -72,3 +72,13 @@ def test_workers_shorten_chapters_2_and_3_only():
             assert two[chapter] < one[chapter]
         else:
             assert two[chapter] == one[chapter]
+
+
+def test_a_profile_of_the_first_chapters_is_counted_for_those_chapters_only():
+    observe = load_profile("cpu-observe")   # chapter 1 only: no search keys to count
+    work = sizing.chapter_work(observe)
+    assert list(work) == ["01_observation"]
+    base = observe["base_epochs"] * sizing.CIFAR10_TRAIN
+    from_scratch = (observe["base_epochs"] + observe["compare_finetune_epochs"]) * sizing.CIFAR10_TRAIN
+    assert work["01_observation"].trained > base + from_scratch   # plus the two finetuned arms and the removal probe
+    assert sizing.chapter_work(load_profile("cpu"))["01_observation"].trained < base   # cpu adopts that base

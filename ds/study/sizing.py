@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ds.paper import PAPER_PATTERNS
 from ds.patterns import PATTERNS
 
-from .layout import CHAPTERS
+from .profiles import profile_chapters
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 SEARCHABLE_BLOCKS = 17     # MobileNetV2 of the standard depth: switches 1..17 (stem and head are not searched)
@@ -116,17 +116,28 @@ def job(trained: float, evaluated: float) -> float:
 
 
 def chapter_work(profile: dict) -> dict[str, Work]:
-    """What each chapter of `profile` trains, evaluates and spends besides (its keys as in profiles.yaml)."""
+    """What each chapter of `profile` trains, evaluates and spends besides (its keys as in
+    profiles.yaml); only the chapters the profile runs (its `chapters` key, else all five)."""
     p = dict(profile)
     n = p.get("limit_train") or CIFAR10_TRAIN
     t = p.get("limit_test") or CIFAR10_TEST
-    base = p["base_epochs"]
-    work = {chapter: Work() for chapter in CHAPTERS}
-    for chapter in ("02_search", "03_finetune"):
-        work[chapter].workers = p.get("workers", 1)
+    counts = {"01_observation": _observation_work, "02_search": _search_work, "03_finetune": _finetune_work,
+              "04_merge": _merge_work, "05_throughput": _throughput_work}
+    return {chapter: counts[chapter](p, n, t) for chapter in profile_chapters(p)}
 
-    w = work["01_observation"]
-    w.fixed_s += DECODE_S
+
+def _candidates(p: dict) -> int:
+    """Chapter 2's finetuned candidates in all (0 when it finetunes none)."""
+    return sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
+
+
+def _finetune_modes(p: dict) -> list:
+    return p.get("finetune_distill", [False, True])
+
+
+def _observation_work(p: dict, n: int, t: int) -> Work:
+    w = Work(fixed_s=CHAPTER_START_S + DECODE_S)
+    base = p["base_epochs"]
     if p.get("base_checkpoint"):
         w.evaluated += t
     else:
@@ -144,8 +155,11 @@ def chapter_work(profile: dict) -> dict[str, Work]:
         if p.get("compare_recovery") is not None:   # the third arm, finetuned with the recovery recipe
             w.trained += finetune * compare_n * distill_cost(p["compare_recovery"])
             w.evaluated += t
+    return w
 
-    w = work["02_search"]
+
+def _search_work(p: dict, n: int, t: int) -> Work:
+    w = Work(workers=p.get("workers", 1))
     budgets = len(p["search_budgets"])
     runtimes = len(p.get("latency_runtimes") or [])
     gate = runtimes if p.get("latency_gate_search", True) else 0
@@ -157,27 +171,37 @@ def chapter_work(profile: dict) -> dict[str, Work]:
         w.trained += (SEARCHABLE_BLOCKS + 1) * p["dp_steps"] * p["batch_size"]
         w.evaluated += (SEARCHABLE_BLOCKS + 2) * p["holdout_images"]
     w.fixed_s += runtimes * SEARCHABLE_BLOCKS * 2 * (LATENCY_REPEATS * p.get("latency_min_time", 0.1) + 0.5)
-    candidates = sum(candidates_per_budget(p)) if p.get("candidate_epochs", 1) else 0
+    candidates = _candidates(p)
     trained_on = n - p["holdout_images"]   # the candidates finetune outside the held-out images
     epochs = p.get("candidate_epochs", 1)
     w.jobs += [job(epochs * trained_on * distill_cost(p.get("recovery")), (epochs + 1) * t + p["holdout_images"])
                for _ in range(candidates)]
     w.fixed_s += (candidates + 1) * (MERGE_S + SPEED_REPEATS * SPEED_MIN_TIME)
+    return w
 
-    w = work["03_finetune"]
+
+def _finetune_work(p: dict, n: int, t: int) -> Work:
+    w = Work(workers=p.get("workers", 1))
     patterns, epochs = finetuned_patterns(p), p["finetune_epochs"]
-    modes = p.get("finetune_distill", [False, True])
-    w.jobs += [job((DISTILL_COST if d else 1.0) * epochs * n, (epochs + 1) * t) for _ in range(patterns) for d in modes]
+    w.jobs += [job((DISTILL_COST if d else 1.0) * epochs * n, (epochs + 1) * t)
+               for _ in range(patterns) for d in _finetune_modes(p)]
+    return w
 
-    w = work["04_merge"]
-    networks = 1 + candidates + len(modes) * patterns
+
+def _merge_work(p: dict, n: int, t: int) -> Work:
+    w = Work()
+    networks = 1 + _candidates(p) + len(_finetune_modes(p)) * finetuned_patterns(p)
     w.evaluated += 2 * networks * t
     w.fixed_s += networks * MERGE_S
     if p.get("int8_calibration_images", 300):
         w.fixed_s += networks * INT8_S * t / CIFAR10_TEST
+    return w
 
-    w = work["05_throughput"]
-    standing = 1 + (candidates if candidates else patterns)
+
+def _throughput_work(p: dict, n: int, t: int) -> Work:
+    w = Work()
+    candidates = _candidates(p)
+    standing = 1 + (candidates if candidates else finetuned_patterns(p))
     devices = p.get("bench_devices", "auto")
     devices = ["cpu", "cuda"] if devices == "auto" else ([devices] if isinstance(devices, str) else devices)
     settings = sum(GPU_SETTINGS if d.startswith("cuda") else CPU_SETTINGS for d in devices)
@@ -187,7 +211,7 @@ def chapter_work(profile: dict) -> dict[str, Work]:
     shares = p.get("profile_settings")
     shares = CPU_SETTINGS if shares is None else len(shares)
     w.fixed_s += shares * standing * (p.get("profile_runs", 5) + 1) * PROFILE_PASS_S
-    return work
+    return w
 
 
 def study_seconds(profile: dict, img_s: float) -> dict[str, float]:
