@@ -164,7 +164,7 @@ def test_every_piece_moves_the_run_forward_however_short(stand_in):
     run("piece")                         # all current now: nothing to do, no pause
 
 
-def test_a_profile_of_the_first_chapters_runs_those_and_publishes_without_a_book(stand_in, tmp_path):
+def test_a_profile_of_the_first_chapters_runs_those_and_publishes_without_a_book(stand_in, tmp_path, capsys):
     from ds.study.runner import StaleRun, publish, rebuild_book
     run, ran, profiles = stand_in
     profiles.write_text(profiles.read_text() + "first: {x: 1, y: 1, chapters: [01_observation]}\n")
@@ -175,10 +175,13 @@ def test_a_profile_of_the_first_chapters_runs_those_and_publishes_without_a_book
     with pytest.raises(StaleRun, match="has no book"):
         rebuild_book("first", profiles_file=profiles, run_root=tmp_path / "runs")
     book = tmp_path / "book"
+    snapshot.save(RunLayout(tmp_path / "runs" / "first"), "first", tmp_path / "state")
+    capsys.readouterr()
     assert publish("first", profiles_file=profiles, run_root=tmp_path / "runs", book_dir=book,
                    notebooks=Path(tmp_path / "notebooks"), results_dir=tmp_path / "results",
-                   checkpoints_dir=tmp_path / "checkpoints") is None
+                   checkpoints_dir=tmp_path / "checkpoints", state_dir=tmp_path / "state") is None
     assert not book.exists()      # its tables only (this stand-in writes none); the book is untouched
+    assert "the run is published: delete its snapshot, git rm" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("chapters", [["02_search"], ["01_observation", "03_finetune"], "01_observation"])

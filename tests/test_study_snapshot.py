@@ -3,6 +3,7 @@ file by file against its manifest."""
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,25 @@ def test_no_snapshot_restores_nothing_and_a_run_with_chapters_is_never_overwritt
     snapshot.save(layout, "p", tmp_path / "state")
     with pytest.raises(SnapshotError, match="already holds chapters.*move .* away"):
         snapshot.restore(layout, "p", tmp_path / "state")
+
+
+def test_a_restore_cut_short_leaves_no_chapter_record_and_is_done_again(tmp_path, monkeypatch):
+    layout = _run(tmp_path)
+    snapshot.save(layout, "p", tmp_path / "state")
+    fresh = RunLayout(tmp_path / "elsewhere" / "p")
+    write = Path.write_bytes
+
+    def full_disk(path, data):
+        if path.name == "checkpoint.pt":
+            raise OSError(28, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError):
+        snapshot.restore(fresh, "p", tmp_path / "state")
+    assert not snapshot.holds_chapters(fresh)
+    monkeypatch.setattr(Path, "write_bytes", write)
+    assert snapshot.restore(fresh, "p", tmp_path / "state") is not None and snapshot.holds_chapters(fresh)
 
 
 def test_a_damaged_or_foreign_snapshot_is_an_error_naming_the_fix(tmp_path):

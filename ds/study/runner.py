@@ -244,11 +244,12 @@ def rebuild_book(profile_name: str, *, profiles_file=None, run_root: str | Path 
 
 def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUNS, book_dir: Path | None = None,
             notebooks: Path = NOTEBOOKS, results_dir: Path = RESULTS_DIR,
-            checkpoints_dir: Path = CHECKPOINTS_DIR) -> Path | None:
+            checkpoints_dir: Path = CHECKPOINTS_DIR, state_dir: Path = STATE_DIR) -> Path | None:
     """Publish a complete, current run into the tracked book (default book/) and build it, then copy
     its tables to `results_dir` and its small checkpoints to `checkpoints_dir` (`ds.study.results`);
     the path of the book's index.html (None for a profile of a few chapters, which has no book and
-    publishes its tables and networks only). Refuses, before touching anything, a profile marked
+    publishes its tables and networks only). A snapshot of the run left in `state_dir` is named for
+    deletion. Refuses, before touching anything, a profile marked
     `publish: false` and a run with a missing or stale chapter."""
     profile = load_profile(profile_name, profiles_file)
     if not profile.get("publish", True):
@@ -269,4 +270,7 @@ def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUN
         html = study_book.publish(layout, book_dir or study_book.BOOK) if covers_study(profile) else None
         for path in publish_results(layout, profile_name, results_dir, checkpoints_dir):
             print(f"published {relative_to_repo(path)}")
+        if snapshot_path(profile_name, state_dir).is_file():
+            print(f"the run is published: delete its snapshot, git rm "
+                  f"{relative_to_repo(snapshot_path(profile_name, state_dir))}")
         return html

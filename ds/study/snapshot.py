@@ -131,10 +131,11 @@ def restore(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) 
     if manifest.get("profile") != profile:
         raise SnapshotError(f"snapshot {source} is of profile {manifest.get('profile')!r}, not {profile!r}; rename "
                             f"or delete it")
-    for name, data in contents.items():
+    # the chapter records last: a restore cut short leaves no record, so the next run restores again
+    for name in sorted(contents, key=lambda name: name.endswith((".done", ".started"))):
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        target.write_bytes(contents[name])
     return manifest
 
 
