@@ -10,7 +10,7 @@ from ds.errors import DeviceError
 
 from . import book, runner, snapshot
 from .lock import RunLocked
-from .profiles import ProfileError
+from .profiles import ProfileError, load_profile
 
 EXIT_INTERRUPTED = 130
 
@@ -50,9 +50,10 @@ def main(argv=None) -> int:
             html = runner.publish(args.profile, **where)
             print(html or f"[study] profile {args.profile} has no book: its tables and networks are published")
         elif args.command == "snapshot":
-            runner.load_profile(args.profile, args.profiles_file)   # a misspelt profile is named as such
-            path = snapshot.save(runner.run_layout(args.profile, args.run_root), args.profile)
-            print(f"[study] snapshot of runs/{args.profile}: {path} ({snapshot.describe(snapshot.read_manifest(path))}); "
+            load_profile(args.profile, args.profiles_file)   # a misspelt profile is named as such
+            layout = runner.run_layout(args.profile, args.run_root)
+            path = snapshot.save(layout, args.profile)   # a running study goes on meanwhile
+            print(f"[study] snapshot of {layout.root}: {path} ({snapshot.describe(snapshot.read_manifest(path))}); "
                   f"commit it, and python -m ds.study run --profile {args.profile} resumes from it on a fresh clone")
         else:
             book.write_static_pages()
