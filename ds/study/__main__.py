@@ -53,7 +53,8 @@ def main(argv=None) -> int:
             load_profile(args.profile, args.profiles_file)   # a misspelt profile is named as such
             layout = runner.run_layout(args.profile, args.run_root)
             path = snapshot.save(layout, args.profile)   # a running study goes on meanwhile
-            print(f"[study] snapshot of {layout.root}: {path} ({snapshot.describe(snapshot.read_manifest(path))}); "
+            written = snapshot.read_manifest(path)   # read back: the file to commit is checked whole
+            print(f"[study] snapshot of {layout.root}: {path} ({snapshot.describe(written)}); "
                   f"commit it, and python -m ds.study run --profile {args.profile} resumes from it on a fresh clone")
         else:
             book.write_static_pages()

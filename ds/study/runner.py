@@ -270,7 +270,7 @@ def publish(profile_name: str, *, profiles_file=None, run_root: str | Path = RUN
         html = study_book.publish(layout, book_dir or study_book.BOOK) if covers_study(profile) else None
         for path in publish_results(layout, profile_name, results_dir, checkpoints_dir):
             print(f"published {relative_to_repo(path)}")
-        if snapshot_path(profile_name, state_dir).is_file():
-            print(f"the run is published: delete its snapshot, git rm "
-                  f"{relative_to_repo(snapshot_path(profile_name, state_dir))}")
+        leftover = snapshot_path(profile_name, state_dir)
+        if leftover.is_file():
+            print(f"the run is published: delete its snapshot, git rm {relative_to_repo(leftover)}")
         return html

@@ -52,7 +52,7 @@ def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> 
     root = layout.root
     if not root.is_dir():
         raise SnapshotError(f"no run directory {root} to snapshot: run python -m ds.study run --profile {profile} first")
-    contents = {str(p.relative_to(root).as_posix()): p.read_bytes() for p in _files(root)}
+    contents = {p.relative_to(root).as_posix(): p.read_bytes() for p in _files(root)}
     total = sum(len(b) for b in contents.values())
     if total > MAX_BYTES:
         largest = sorted(contents, key=lambda k: -len(contents[k]))[:3]
