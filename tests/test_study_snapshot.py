@@ -85,6 +85,28 @@ def test_a_damaged_or_foreign_snapshot_is_an_error_naming_the_fix(tmp_path):
         snapshot.restore(RunLayout(tmp_path / "new" / "p"), "p", tmp_path / "state")
 
 
+def test_a_finished_chapter_s_own_networks_are_left_out_and_listed(tmp_path):
+    layout = _run(tmp_path)
+    compare = layout.observation_dir("50k-32px", 0) / "after_training"
+    search, candidate = layout.search_dir(6), layout.candidate_dir("searched-k6")
+    for folder in (compare, search, candidate):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"weights")
+        (folder / "metrics.csv").write_text("epoch\n0\n")
+    (layout.root / "01_observation.started").rename(layout.done("01_observation"))
+    (layout.root / "02_search.started").write_text("{}\n")
+    manifest = snapshot.read_manifest(snapshot.save(layout, "p", tmp_path / "state"))
+    spent = "01_observation/observation/50k-32px-seed0/after_training/checkpoint.pt"
+    assert manifest["left_out"] == [spent] and spent not in manifest["files"]
+    assert {"02_search/k6/checkpoint.pt", "01_observation/observation/50k-32px-seed0/after_training/metrics.csv",
+            "base/checkpoint.pt"} <= set(manifest["files"])
+    assert "1 spent checkpoint of finished chapters left out" in snapshot.describe(manifest)
+    (layout.root / "02_search.started").rename(layout.done("02_search"))   # chapter 4 merges the candidates
+    manifest = snapshot.read_manifest(snapshot.save(layout, "p", tmp_path / "state"))
+    assert manifest["left_out"] == [spent, "02_search/k6/checkpoint.pt"]
+    assert "02_search/finetune/searched-k6/checkpoint.pt" in manifest["files"]
+
+
 def test_a_run_too_large_for_git_is_refused(tmp_path, monkeypatch):
     layout = _run(tmp_path)
     monkeypatch.setattr(snapshot, "MAX_BYTES", 1000)

@@ -37,6 +37,12 @@ GPU_PAGES = "gpu"                   # where a book holds the published GPU studi
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "adapt.md", "deviations.md", "images", "_ext")
 
 
+# Per chapter, the files no later chapter reads: the networks of its own experiments (chapter 1's
+# comparison, chapter 2's gate searches; their tables, metrics and curves are kept). Once the
+# chapter is finished they serve no resume, so a snapshot of the run leaves them out.
+SPENT_WHEN_DONE = {"01_observation": (f"observation/*/*/{CHECKPOINT}",), "02_search": (f"k*/{CHECKPOINT}",)}
+
+
 def notebook_source(chapter: str, notebooks: Path = NOTEBOOKS) -> Path:
     """The unexecuted chapter notebook in the repository."""
     return Path(notebooks) / f"{chapter}.ipynb"
@@ -89,6 +95,11 @@ class RunLayout:
     @property
     def book(self) -> Path:
         return self.root / "book"
+
+    def spent(self) -> list[Path]:
+        """The files of finished chapters that no later chapter reads (SPENT_WHEN_DONE)."""
+        return sorted(path for chapter, patterns in SPENT_WHEN_DONE.items() if self.done(chapter).is_file()
+                      for pattern in patterns for path in self.chapter_dir(chapter).glob(pattern))
 
     # ------------------------------------------------------------ the chapters' outputs
     def chapter_dir(self, chapter: str) -> Path:

@@ -4,7 +4,9 @@ A study run of the `cpu` profiles takes longer than one working session, and run
 (runs/) are not tracked. `python -m ds.study snapshot --profile P` packs runs/P into
 state/P.tar.gz: every file a resume needs (chapter records, checkpoints, metrics, executed
 notebooks, the log), without the lock and the run's own book, with a manifest (SNAPSHOT.json: the
-profile, when, at which commit, each file's size and sha256). Commit it; on a fresh clone,
+profile, when, at which commit, each file's size and sha256). The networks of a finished chapter's
+own experiments, which no later chapter reads (`RunLayout.spent`), are left out and listed in the
+manifest: they would only weigh on git. Commit it; on a fresh clone,
 `python -m ds.study run --profile P` finds runs/P missing and restores the snapshot before running,
 so training resumes from the saved checkpoints.
 
@@ -39,8 +41,11 @@ def snapshot_path(profile: str, state_dir: str | Path = STATE_DIR) -> Path:
     return Path(state_dir) / f"{profile}.tar.gz"
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED)
+def _files(layout: RunLayout) -> tuple[list[Path], list[Path]]:
+    """The files a snapshot holds, and the spent ones it leaves out (`RunLayout.spent`)."""
+    root, spent = layout.root, set(layout.spent())
+    files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED]
+    return sorted(p for p in files if p not in spent), sorted(spent)
 
 
 def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> Path:
@@ -52,7 +57,8 @@ def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> 
     root = layout.root
     if not root.is_dir():
         raise SnapshotError(f"no run directory {root} to snapshot: run python -m ds.study run --profile {profile} first")
-    contents = {p.relative_to(root).as_posix(): p.read_bytes() for p in _files(root)}
+    kept, spent = _files(layout)
+    contents = {p.relative_to(root).as_posix(): p.read_bytes() for p in kept}
     total = sum(len(b) for b in contents.values())
     if total > MAX_BYTES:
         largest = sorted(contents, key=lambda k: -len(contents[k]))[:3]
@@ -60,7 +66,8 @@ def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> 
                             f"snapshot may hold (largest: {', '.join(largest)}); remove what a resume does not need")
     manifest = {"profile": profile, "saved_utc": utc_now(), "git": git_commit(),
                 "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                          for name, data in contents.items()}}
+                          for name, data in contents.items()},
+                "left_out": [p.relative_to(root).as_posix() for p in spent]}
     contents[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
     target = snapshot_path(profile, state_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,4 +151,6 @@ def describe(manifest: dict) -> str:
     files = manifest.get("files", {})
     commit = (manifest.get("git") or {}).get("commit") or "unknown commit"
     size = sum(f.get("bytes", 0) for f in files.values()) / 2**20
-    return f"saved {manifest.get('saved_utc', '?')} at {commit[:7]}, {len(files)} files, {size:.1f} MiB"
+    spent = len(manifest.get("left_out", []))
+    left_out = f"; {spent} spent checkpoint{'s' * (spent != 1)} of finished chapters left out" if spent else ""
+    return f"saved {manifest.get('saved_utc', '?')} at {commit[:7]}, {len(files)} files, {size:.1f} MiB{left_out}"
