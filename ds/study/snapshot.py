@@ -43,9 +43,10 @@ def snapshot_path(profile: str, state_dir: str | Path = STATE_DIR) -> Path:
 
 def _files(layout: RunLayout) -> tuple[list[Path], list[Path]]:
     """The files a snapshot holds, and the spent ones it leaves out (`RunLayout.spent`)."""
-    root, spent = layout.root, set(layout.spent())
-    files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED]
-    return sorted(p for p in files if p not in spent), sorted(spent)
+    root, spent = layout.root, layout.spent()
+    skipped = set(spent)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED
+                  and p not in skipped), spent
 
 
 def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> Path:
