@@ -283,6 +283,11 @@ def stand_ins(work: Path, steps: str, speed: float | None = None) -> list:
     return made
 
 
+# The carry limit is 64 MiB less this checkout's size, which a committed run snapshot in state/
+# can bring near zero; these tests are about the steps, so they pin it (a test may pass its own).
+CARRY = ("--carry-limit-mib", "40")
+
+
 def run_in_process(tmp_path, monkeypatch, steps: str, *args, speed=None):
     """main() with stand-in steps, the dry run's profile and paths under tmp_path; (code, out, summary)."""
     work = tmp_path / "runs" / gp.WORK
@@ -291,7 +296,7 @@ def run_in_process(tmp_path, monkeypatch, steps: str, *args, speed=None):
     monkeypatch.delenv("GPU_PUBLISH_T0", raising=False)
     out = tmp_path / "out"
     code = gp.main(["--dry-run", "--state", str(tmp_path / "state"), "--out", str(out),
-                    "--run-root", str(tmp_path / "runs"), *args])
+                    "--run-root", str(tmp_path / "runs"), *CARRY, *args])
     return code, out, (out / gp.SUMMARY).read_text()
 
 
@@ -371,7 +376,7 @@ def test_an_optional_step_without_room_is_tried_once(tmp_path, monkeypatch):
     monkeypatch.setattr(gp, "plan_steps", lambda dry, w, profile=None: plan)
     monkeypatch.delenv("GPU_PUBLISH_T0", raising=False)
     code = gp.main(["--dry-run", "--state", str(tmp_path / "state"), "--out", str(tmp_path / "out"),
-                    "--run-root", str(tmp_path / "runs"), "--skip", "study"])
+                    "--run-root", str(tmp_path / "runs"), *CARRY, "--skip", "study"])
     text = (tmp_path / "out" / gp.SUMMARY).read_text()
     assert code == gp.EXIT_MORE   # only because the study was skipped
     assert "no room extra: needs 10000 s" in text and not (work / "bench" / "extra.csv").exists()
@@ -456,7 +461,7 @@ def run_script(tmp, name, *args, state="state"):
     env.pop("GPU_PUBLISH_T0", None)
     out = tmp / f"out-{name}"
     done = subprocess.run([str(SCRIPT), "--dry-run", "--state", str(tmp / state), "--out", str(out),
-                           "--run-root", str(tmp / f"machine-{name}"), *args],
+                           "--run-root", str(tmp / f"machine-{name}"), *CARRY, *args],
                           env=env, capture_output=True, text=True, timeout=900)
     return done, out
 
