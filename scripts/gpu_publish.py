@@ -427,22 +427,15 @@ def checkpoint_needed(relative: Path, done: set[str]) -> bool:
 
 
 def slim_checkpoint(source: Path, target: Path) -> bool:
-    """Copy a ds.train checkpoint, dropping the optimizer's per-parameter state (SGD momentum,
-    as large as the weights) when the checkpoint says its training is finished: resuming a
-    finished training loads the optimizer but takes no step, so nothing reads that state again.
-    Unfinished trainings are copied whole. True when something was dropped. Read as data only
-    (ds.train's reader: a file holding Python objects is refused, never run)."""
-    from ds.train.checkpoint import load_checkpoint, save_checkpoint
-    ckpt = load_checkpoint(source)
-    finished = (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "epoch" in ckpt
-                and ckpt["epoch"] + 1 >= ckpt["config"].get("epochs", float("inf")))
-    if not finished:
+    """Copy a ds.train checkpoint, without the optimizer's per-parameter state when its training is
+    finished (`ds.train.checkpoint.slimmed`); unfinished trainings are copied whole. True when
+    something was dropped. Read as data only (a file holding Python objects is refused, never run)."""
+    from ds.train.checkpoint import load_checkpoint, save_checkpoint, slimmed
+    slim = slimmed(load_checkpoint(source))
+    if slim is None:
         shutil.copy2(source, target)
         return False
-    for key in ("optimizer", "gate_optimizer"):
-        if isinstance(ckpt.get(key), dict):
-            ckpt[key] = dict(ckpt[key], state={})
-    save_checkpoint(ckpt, target)
+    save_checkpoint(slim, target)
     return True
 
 

@@ -107,6 +107,28 @@ def test_a_finished_chapter_s_own_networks_are_left_out_and_listed(tmp_path):
     assert "02_search/finetune/searched-k6/checkpoint.pt" in manifest["files"]
 
 
+def test_a_finished_training_goes_in_without_its_optimizer_state_and_an_unfinished_one_whole(tmp_path):
+    import torch
+    from ds.train.checkpoint import load_checkpoint, save_checkpoint
+    layout = _run(tmp_path)
+    weights = {"w": torch.arange(4.0)}
+    optimizer = {"state": {0: {"momentum_buffer": torch.ones(4)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    for name, epoch in (("done", 1), ("running", 0)):   # of 2 epochs: epoch is the last one finished
+        save_checkpoint({"model": weights, "optimizer": optimizer, "config": {"epochs": 2}, "epoch": epoch},
+                        layout.root / name / "checkpoint.pt")
+    path = snapshot.save(layout, "p", tmp_path / "state")
+    manifest = snapshot.read_manifest(path)
+    assert manifest["slimmed"] == ["done/checkpoint.pt"]
+    assert "1 finished training without optimizer state" in snapshot.describe(manifest)
+    fresh = RunLayout(tmp_path / "elsewhere" / "p")
+    snapshot.restore(fresh, "p", tmp_path / "state")
+    done = load_checkpoint(fresh.root / "done" / "checkpoint.pt")
+    assert done["optimizer"] == {"state": {}, "param_groups": optimizer["param_groups"]}
+    assert torch.equal(done["model"]["w"], weights["w"]) and done["epoch"] == 1
+    assert (fresh.root / "running" / "checkpoint.pt").read_bytes() == (layout.root / "running" / "checkpoint.pt").read_bytes()
+    assert (fresh.root / "base" / "checkpoint.pt").read_bytes() == (layout.root / "base" / "checkpoint.pt").read_bytes()
+
+
 def test_a_run_too_large_for_git_is_refused(tmp_path, monkeypatch):
     layout = _run(tmp_path)
     monkeypatch.setattr(snapshot, "MAX_BYTES", 1000)

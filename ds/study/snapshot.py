@@ -6,7 +6,10 @@ state/P.tar.gz: every file a resume needs (chapter records, checkpoints, metrics
 notebooks, the log), without the lock and the run's own book, with a manifest (SNAPSHOT.json: the
 profile, when, at which commit, each file's size and sha256). The networks of a finished chapter's
 own experiments, which no later chapter reads (`RunLayout.spent`), are left out and listed in the
-manifest: they would only weigh on git. Commit it; on a fresh clone,
+manifest: they would only weigh on git. A finished training's checkpoint goes in without its
+optimizer state (`ds.train.checkpoint.slimmed`: a resume takes no step from it, so nothing reads
+that state again), which halves a chapter of finished one-epoch finetunes; the manifest lists them
+under `slimmed`. Commit it; on a fresh clone,
 `python -m ds.study run --profile P` finds runs/P missing and restores the snapshot before running,
 so training resumes from the saved checkpoints.
 
@@ -23,7 +26,10 @@ import json
 import tarfile
 from pathlib import Path, PurePosixPath
 
+import torch
+
 from ds.provenance import git_commit, utc_now
+from ds.train.checkpoint import provenance_path, slimmed
 
 from .layout import REPO_ROOT, RunLayout, relative_to_repo
 
@@ -49,6 +55,26 @@ def _files(layout: RunLayout) -> tuple[list[Path], list[Path]]:
                   and p not in skipped), spent
 
 
+def _packed(path: Path) -> tuple[bytes, bool]:
+    """A file's bytes as a snapshot holds them, read once, and whether they were slimmed: a finished
+    training's checkpoint without its optimizer state. Any other file, a published copy (it has a
+    provenance record whose sha256 it must keep) and a checkpoint that cannot be read as data go in as
+    they are (a resume reports a damaged one)."""
+    data = path.read_bytes()
+    if path.suffix != ".pt" or provenance_path(path).exists():
+        return data, False
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:   # not readable as data: left for the resume to name
+        return data, False
+    slim = slimmed(ckpt) if isinstance(ckpt, dict) else None
+    if slim is None:
+        return data, False
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    return buffer.getvalue(), True
+
+
 def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> Path:
     """Pack the run directory into state_dir/<profile>.tar.gz (replacing an older one); its path.
 
@@ -59,7 +85,8 @@ def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> 
     if not root.is_dir():
         raise SnapshotError(f"no run directory {root} to snapshot: run python -m ds.study run --profile {profile} first")
     kept, spent = _files(layout)
-    contents = {p.relative_to(root).as_posix(): p.read_bytes() for p in kept}
+    packed = {p.relative_to(root).as_posix(): _packed(p) for p in kept}
+    contents = {name: data for name, (data, _) in packed.items()}
     total = sum(len(b) for b in contents.values())
     if total > MAX_BYTES:
         largest = sorted(contents, key=lambda k: -len(contents[k]))[:3]
@@ -68,7 +95,8 @@ def save(layout: RunLayout, profile: str, state_dir: str | Path = STATE_DIR) -> 
     manifest = {"profile": profile, "saved_utc": utc_now(), "git": git_commit(),
                 "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                           for name, data in contents.items()},
-                "left_out": [p.relative_to(root).as_posix() for p in spent]}
+                "left_out": [p.relative_to(root).as_posix() for p in spent],
+                "slimmed": [name for name, (_, slim) in packed.items() if slim]}
     contents[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
     target = snapshot_path(profile, state_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,4 +182,6 @@ def describe(manifest: dict) -> str:
     size = sum(f.get("bytes", 0) for f in files.values()) / 2**20
     spent = len(manifest.get("left_out", []))
     left_out = f"; {spent} spent checkpoint{'s' * (spent != 1)} of finished chapters left out" if spent else ""
-    return f"saved {manifest.get('saved_utc', '?')} at {commit[:7]}, {len(files)} files, {size:.1f} MiB{left_out}"
+    slim = len(manifest.get("slimmed", []))
+    slimmed_ = f"; {slim} finished training{'s' * (slim != 1)} without optimizer state" if slim else ""
+    return f"saved {manifest.get('saved_utc', '?')} at {commit[:7]}, {len(files)} files, {size:.1f} MiB{left_out}{slimmed_}"

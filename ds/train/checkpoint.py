@@ -89,6 +89,18 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def slimmed(ckpt: dict) -> dict | None:
+    """`ckpt` without the optimizer's per-parameter state (SGD momentum, as large as the weights)
+    when it says its training is finished, else None: resuming a finished training loads the
+    optimizer but takes no step, so nothing reads that state again. `ckpt` is left as it is."""
+    finished = (isinstance(ckpt.get("config"), dict) and "epoch" in ckpt
+                and ckpt["epoch"] + 1 >= ckpt["config"].get("epochs", float("inf")))
+    if not finished:
+        return None
+    return {key: dict(value, state={}) if key in ("optimizer", "gate_optimizer") and isinstance(value, dict)
+            else value for key, value in ckpt.items()}
+
+
 def provenance_path(path: str | Path) -> Path:
     """Where the provenance record of a published file lies: beside it, FILE.provenance.json."""
     path = Path(path)
