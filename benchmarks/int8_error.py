@@ -57,7 +57,7 @@ def scaled(images: Int8Images, factor: float) -> Int8Images:
 
 NETWORKS = [  # (name, builder, input size, dataset, calibration images, check images, broken variants)
     ("cpu base (trained)", lambda: published("base.pt"), 32, "cifar10", 300, 300, True),
-    ("cpu searched-k11 merged (trained)", lambda: published("searched-k11@openvino-merged.pt"), 32, "cifar10",
+    ("cpu searched-k11 merged (trained)", lambda: published("searched-k11-merged.pt"), 32, "cifar10",
      300, 300, True),
     ("mobilenetv2_035 base (random)", lambda: random_network("mobilenetv2_035", "base", 32), 32, "cifar10",
      300, 300, False),
