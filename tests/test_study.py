@@ -83,6 +83,24 @@ def test_recipe_page_is_generated_from_the_sweep_and_says_whether_the_target_was
         "book/recipe.md is stale: run python -m ds.study pages"
 
 
+def test_recipe_page_shows_the_curve_of_the_run_that_trained_an_adopted_base(tmp_path):
+    sweep = tmp_path / "sweep.csv"
+    pd.DataFrame({"config": ["a", "a"], "stage": [1, 1], "epoch": [1, 2], "train_acc": [70.0, 80.0],
+                  "test_acc": [74.0, 84.0], "arg_lr": [0.4, 0.4], "command": ["python -m ds.train a"] * 2}).to_csv(
+        sweep, index=False)
+    pd.DataFrame({"epoch": [0], "test_loss": [0.5], "test_acc": [86.0],
+                  "source": ["data/checkpoints/trainer/base.pt"]}).to_csv(tmp_path / "base_metrics_cpu.csv", index=False)
+    with pytest.raises(FileNotFoundError, match="make publish PROFILE=trainer"):
+        book.recipe_inputs(sweep, tmp_path)
+    pd.DataFrame({"epoch": [1, 2], "train_acc": [80.0, 88.0], "test_acc": [84.0, 86.0],
+                  "seconds": [99, 98]}).to_csv(tmp_path / "base_metrics_trainer.csv", index=False)
+    inputs = book.recipe_inputs(sweep, tmp_path)
+    assert inputs[2:] == ("cpu", "trainer") and list(inputs[1]["test_acc"]) == [84.0, 86.0]
+    page = book.recipe_page(*inputs)
+    assert "it adopts the one the `trainer` profile's published run trained" in page
+    assert "for 2 epochs: **86.00%**" in page and "base_metrics_trainer.csv" in page
+
+
 def test_pareto_front_keeps_points_no_other_beats():
     table = pd.DataFrame({"pattern": list("abcd"), "speedup": [1.0, 1.5, 1.4, 2.0],
                           "delta_acc": [-1.0, -2.0, -3.0, -2.5]})

@@ -489,10 +489,12 @@ def _shortfall(test_acc: pd.Series) -> str:
             f"{test_acc.iloc[-1] - test_acc.iloc[-2]:+.2f} points")
 
 
-def recipe_page(sweep: pd.DataFrame, profile_base: pd.DataFrame | None = None, profile: str = "cpu") -> str:
+def recipe_page(sweep: pd.DataFrame, profile_base: pd.DataFrame | None = None, profile: str = "cpu",
+                trained_by: str | None = None) -> str:
     """The training recipe page, from the sweep's table (benchmarks/recipe_sweep.py) and, once a
     run of `profile` is published, its base network's curve: what was tried, the curves, and
-    what the profile trains with."""
+    what the profile trains with. `trained_by`: the profile whose run trained the base when
+    `profile` adopts it (its `base_checkpoint`); `profile_base` is then that run's curve."""
     last = sweep.sort_values("epoch").groupby("config", sort=False).tail(1).set_index("config").loc[
         sweep["config"].unique()]
     constant = ("arg_backbone", "arg_dataset", "arg_threads", "arg_input_size", "arg_seed", "arg_epochs")
@@ -531,10 +533,11 @@ def recipe_page(sweep: pd.DataFrame, profile_base: pd.DataFrame | None = None, p
         "classifier from N(0, 0.01), which trains faster on short schedules "
         "(`benchmarks/classifier_init.py`, `benchmarks/results/classifier_init.csv`). The profile's base "
         "network is trained with it.", "",
-        *_profile_base_lines(profile_base, profile, best)])
+        *_profile_base_lines(profile_base, profile, best, trained_by or profile)])
 
 
-def _profile_base_lines(curve: pd.DataFrame | None, profile: str, sweep_best: pd.Series) -> list[str]:
+def _profile_base_lines(curve: pd.DataFrame | None, profile: str, sweep_best: pd.Series,
+                        trained_by: str) -> list[str]:
     """The published base network's curve and, when it misses the target, why."""
     if curve is None:
         return [f"No run of the `{profile}` profile is published yet (`data/results/base_metrics_{profile}.csv` "
@@ -542,11 +545,16 @@ def _profile_base_lines(curve: pd.DataFrame | None, profile: str, sweep_best: pd
     final = curve.iloc[-1]
     verdict = ("It meets the 85% target." if final["test_acc"] >= TARGET_TOP1 else
                f"It falls {_shortfall(curve['test_acc'])}.")
-    return [f"The published `{profile}` run trains its base network with stage 1's leading learning rate (0.4) for "
-            f"{len(curve)} epochs: **{final['test_acc']:.2f}%** test top-1 (training accuracy "
+    adopted = ([] if trained_by == profile else
+               [f"The `{profile}` profile does not train its base network: it adopts the one the `{trained_by}` "
+                f"profile's published run trained (`data/checkpoints/{trained_by}/base.pt`, its `base_checkpoint`).",
+                ""])
+    return [*adopted,
+            f"The published `{trained_by}` run trains the base network with stage 1's leading learning rate (0.4) "
+            f"for {len(curve)} epochs: **{final['test_acc']:.2f}%** test top-1 (training accuracy "
             f"{final['train_acc']:.1f}% on augmented batches; the test set's standard error "
             f"{test_se(final['test_acc'], 10_000):.2f} points). {verdict} Per epoch "
-            f"(`data/results/base_metrics_{profile}.csv`):", "",
+            f"(`data/results/base_metrics_{trained_by}.csv`):", "",
             _markdown_table(curve[["epoch", "train_acc", "test_acc", "seconds"]].rename(columns={
                 "train_acc": "train acc (%)", "test_acc": "test top-1 (%)", "seconds": "seconds"})), "",
             *([] if final["test_acc"] >= TARGET_TOP1 else [_why_short(curve, sweep_best), ""])]
@@ -579,12 +587,24 @@ def _why_short(curve: pd.DataFrame, sweep_best: pd.Series) -> str:
 
 
 def recipe_inputs(sweep: Path = RECIPE_SWEEP, results_dir: Path = RESULTS_DIR,
-                  profile: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """What the recipe page is made of: the sweep's table, and the published base curve of
-    `profile` (None until a run of it is published)."""
+                  profile: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]:
+    """What the recipe page is made of: the sweep's table, the published base curve of `profile`
+    (None until a run of it is published), the profile and the profile whose run trained that base.
+    A run that adopted its base (`base_checkpoint`) publishes one evaluation row naming the
+    checkpoint (data/checkpoints/<profile>/base.pt); the curve is then that profile's."""
+    table = pd.read_csv(sweep, keep_default_na=False, na_values={"test_acc": [""]})
     published = Path(results_dir) / f"base_metrics_{profile}.csv"
-    return (pd.read_csv(sweep, keep_default_na=False, na_values={"test_acc": [""]}),
-            pd.read_csv(published) if published.is_file() else None)
+    if not published.is_file():
+        return table, None, profile, profile
+    curve = pd.read_csv(published)
+    if "source" not in curve:
+        return table, curve, profile, profile
+    trained_by = Path(str(curve["source"].iloc[0])).parent.name
+    trained = Path(results_dir) / f"base_metrics_{trained_by}.csv"
+    if not trained.is_file():
+        raise FileNotFoundError(f"{published} says the `{profile}` base was adopted from {curve['source'].iloc[0]}, "
+                                f"but {trained} (that run's curve) is missing: make publish PROFILE={trained_by}")
+    return table, pd.read_csv(trained), profile, trained_by
 
 
 def write_static_pages(book_dir: Path = BOOK, profiles_file=None, sweep: Path = RECIPE_SWEEP,
@@ -597,8 +617,8 @@ def write_static_pages(book_dir: Path = BOOK, profiles_file=None, sweep: Path = 
     (book_dir / REPRODUCE_PAGE).write_text(reproduce_page(profiles_file))
     (book_dir / "images").mkdir(exist_ok=True)
     (book_dir / "images" / "block_merge.svg").write_text(block_merge_svg())
-    table, base = recipe_inputs(sweep, results_dir)
-    (book_dir / RECIPE_PAGE).write_text(recipe_page(table, base))
-    fig = recipe_curves(table)
+    inputs = recipe_inputs(sweep, results_dir)
+    (book_dir / RECIPE_PAGE).write_text(recipe_page(*inputs))
+    fig = recipe_curves(inputs[0])
     fig.savefig(book_dir / "images" / "recipe_curves.png", dpi=110)
     recovery_page.write(book_dir, profiles_file=profiles_file)
