@@ -101,6 +101,22 @@ def test_recipe_page_shows_the_curve_of_the_run_that_trained_an_adopted_base(tmp
     assert "for 2 epochs: **86.00%**" in page and "base_metrics_trainer.csv" in page
 
 
+def test_results_page_names_an_adopted_base_and_a_run_that_finetunes_one_way_only():
+    from ds.study.finetune import distill_reading
+    trained = pd.DataFrame({"epoch": [1, 2], "train_acc": [70.0, 80.0], "test_acc": [72.0, 81.5]})
+    assert book.base_line(trained) == ("Base network: test top-1 **81.50%** after 2 epoch(s), training accuracy "
+                                       "80.00% on augmented batches.")
+    adopted = pd.DataFrame({"epoch": [0], "test_acc": [86.04], "source": ["data/checkpoints/cpu-observe/base.pt"]})
+    line = book.base_line(adopted)
+    assert "**86.04%**, adopted from `data/checkpoints/cpu-observe/base.pt`" in line and "epoch" not in line
+    results = pd.DataFrame({"pattern": ["DS-A", "DS-E"], "distill": [True, True], "acc": [84.0, 81.0],
+                            "test_images": [10000] * 2})
+    assert "one way only (distilled" in distill_reading(results)
+    both = pd.concat([results, results.assign(distill=False, acc=[83.0, 81.1])])
+    reading = distill_reading(both)
+    assert "**DS-A**: plain 83.00%, distilled 84.00%: +1.00 points" in reading and "one way only" not in reading
+
+
 def test_pareto_front_keeps_points_no_other_beats():
     table = pd.DataFrame({"pattern": list("abcd"), "speedup": [1.0, 1.5, 1.4, 2.0],
                           "delta_acc": [-1.0, -2.0, -3.0, -2.5]})

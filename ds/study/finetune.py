@@ -198,7 +198,8 @@ def finetune_curves(ch: Chapter, results: pd.DataFrame) -> dict[str, pd.DataFram
 
 def distill_reading(results: pd.DataFrame) -> str:
     """Per pattern finetuned both ways: what self-distillation changed, against the test set's
-    standard error of the difference (one seed: training noise is not measured here)."""
+    standard error of the difference (one seed: training noise is not measured here); a run that
+    finetunes one way only says so."""
     lines = []
     for pattern, group in results.groupby("pattern", sort=False):
         acc = {bool(d): a for d, a in zip(group["distill"], group["acc"])}
@@ -211,6 +212,10 @@ def distill_reading(results: pd.DataFrame) -> str:
                      f"one seed each). " + {"distilled better": "Self-distillation helped.",
                                             "plain better": "Self-distillation hurt.",
                                             "not separated": "Within the test set's noise."}[d.verdict])
+    if not lines and len(results):
+        ways = " and ".join(sorted({"distilled" if d else "plain" for d in results["distill"]}))
+        return (f"This run finetunes each network one way only ({ways}: the profile's `finetune_distill`), so it "
+                f"does not compare the two; the *Recovering accuracy* page compares them at equal budget.")
     return "\n".join(lines)
 
 
