@@ -194,7 +194,7 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
     assert json.loads((merged[0].parent / (merged[0].name + ".provenance.json")).read_text())["sha256"]
     assert (book / "_build" / "html" / "chapters" / "04_merge.html").is_file()
     results = (book / "results.md").read_text()
-    assert "profile **tiny**" in results and "commit" in results and "chapters run" in results
+    assert "profile **tiny**" in results and "commit" in results and "chapter starts" in results
     offenders = [str(p) for p in book.rglob("*") if p.is_file() and "_build" not in p.parts
                  and (str(REPO_ROOT).encode() in p.read_bytes() or str(tmp_path).encode() in p.read_bytes())]
     assert not offenders, f"published files holding a machine path: {offenders}"

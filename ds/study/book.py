@@ -164,7 +164,7 @@ def _provenance(layout: RunLayout) -> str:
     dates = sorted(r["date_utc"] for r in record.values())
     commits = sorted({r.get("commit") or "unknown" for r in record.values()})
     return (f"profile **{', '.join(profiles)}**, commit {', '.join(commits)}, {'; '.join(devices)}, "
-            f"chapters run {dates[0]} to {dates[-1]}")
+            f"chapter starts (the last, when resumed) {dates[0]} to {dates[-1]}")
 
 
 # What the paper claims, beside each answer (its ImageNet results for MobileNetV2-1.4; ds.paper).
