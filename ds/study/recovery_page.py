@@ -162,7 +162,9 @@ def proxy_lines(table: pd.DataFrame) -> list[str]:
              f"{int(a['arg_batch_size'])} on a cheap proxy: {int(a['arg_limit_train']):,} random training images, of "
              f"which {int(a['arg_holdout']):,} are held out and never trained on, so {train:,} train; top-1 is measured "
              f"after every epoch on the held-out images and on {int(a['arg_limit_test']):,} random test images. "
-             f"One seed ({int(a['arg_seed'])}) per configuration."]
+             f"One seed ({int(a['arg_seed'])}) per configuration. The commands below name the base by its path; "
+             f"each run used the file that path held when it ran (`finished_utc` in the table; "
+             f"`git log -- {a['arg_init']}` lists the file's versions)."]
     base = starts(table).loc["base"] if "base" in starts(table).index else None
     if base is not None:
         lines[0] += (f" The base network itself scores {_pm(base['holdout_acc'], base['holdout_se'])}% on the "
@@ -405,8 +407,10 @@ def curves(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pattern", "config", "epoch", "holdout_acc", "finished"])
 
 
-def page(table: pd.DataFrame, adopted: tuple | None = None) -> str:
-    """The page "Recovering accuracy" (markdown) from the sweep's table and the adopted recipe."""
+def page(table: pd.DataFrame, adopted: tuple | None = None, convergence: list[str] | None = None) -> str:
+    """The page "Recovering accuracy" (markdown) from the sweep's table and the adopted recipe;
+    `convergence`: the section on finetuning to convergence (ds.study.convergence), before the
+    commands."""
     lines = ["# Recovering accuracy", "",
              "Removing a trained network's activations drops it to near chance; how it is finetuned afterwards "
              "decides how much accuracy comes back. This page compares ways to finetune right after removal at "
@@ -419,7 +423,7 @@ def page(table: pd.DataFrame, adopted: tuple | None = None) -> str:
                   "```", ""]
     for pattern in patterns(table):
         lines += pattern_lines(table, pattern)
-    lines += stage0_lines(table) + adoption_lines(table, adopted) + command_lines(table)
+    lines += stage0_lines(table) + adoption_lines(table, adopted) + (convergence or []) + command_lines(table)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -429,11 +433,20 @@ def base_holdout(table: pd.DataFrame) -> float | None:
     return float(begin.loc["base", "holdout_acc"]) if "base" in begin.index else None
 
 
+def text(book_dir: Path = BOOK, sweep: Path = RECOVERY_SWEEP, profiles_file=None) -> str:
+    """The page's markdown, with the convergence section (ds.study.convergence), whose figure is
+    written under `book_dir`."""
+    from . import convergence
+    chapter3_epochs = (load_profile("cpu", profiles_file).get("finetune_epochs")
+                       if "cpu" in read_profiles(profiles_file) else None)
+    return page(*inputs(sweep, profiles_file), convergence.write(book_dir, chapter3_epochs=chapter3_epochs))
+
+
 def write(book_dir: Path = BOOK, sweep: Path = RECOVERY_SWEEP, profiles_file=None) -> None:
-    """Write book_dir/recovery.md and its figure."""
+    """Write book_dir/recovery.md and its figures."""
     from .figures import recovery_curves
-    table, adopted = inputs(sweep, profiles_file)
-    (Path(book_dir) / PAGE).write_text(page(table, adopted), encoding="utf-8")
+    (Path(book_dir) / PAGE).write_text(text(book_dir, sweep, profiles_file), encoding="utf-8")
+    table = read_sweep(sweep)
     if len(trained(table)):
         (Path(book_dir) / "images").mkdir(exist_ok=True)
         fig = recovery_curves(curves(table), base_holdout(table))

@@ -1,0 +1,67 @@
+"""The section "Finetuning to convergence" (ds.study.convergence) from a small hand-made sweep table,
+and the sweep's pattern against the DP search it stands for."""
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ds.study import convergence
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = {"arg_init": "data/checkpoints/cpu-observe/base.pt", "arg_holdout": 2000, "arg_lr": 0.05,
+        "arg_warmup_epochs": 0.3, "arg_batch_size": 128, "holdout_n": 2000, "test_n": 10000}
+
+
+def run(name: str, pattern: str, removed: int, test: list[float], epochs: int) -> list[dict]:
+    return [{"config": name, "pattern_name": pattern, "removed_blocks": removed, "epoch": e, "arg_epochs": epochs,
+             "train_acc": t + 1, "holdout_acc": t + 0.5, "holdout_se": 0.8, "test_acc": t, "test_se": 0.38,
+             "command": f"python -m ds.train --out runs/convergence/{name}", **ARGS}
+            for e, t in enumerate(test, start=1)]
+
+
+def table() -> pd.DataFrame:
+    return pd.DataFrame(run("e-dp-k6", "dp-k6", 11, [70.0, 80.0, 84.5], 3) + run("e-ds-e", "DS-E", 11, [70, 75], 3))
+
+
+def test_a_curve_stops_improving_where_no_later_epoch_is_separated_from_it():
+    se = pd.Series([0.5] * 5)
+    assert convergence.plateau(pd.Series([60.0, 75.0, 80.0, 80.5, 81.0]), se) == 3   # 81 - 80 < 2 * 0.71
+    assert convergence.plateau(pd.Series([60.0, 70.0, 80.0]), se) == 3               # still rising: the last
+    assert convergence.plateau(pd.Series([80.0, 79.0, 80.5]), se) == 1
+
+
+def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still_running():
+    study = pd.DataFrame({"pattern": ["dp-k6", "dp-k6"], "finetune": ["candidate", "distill"], "top1": [78.1, 83.11]})
+    rows = convergence.summary(table(), 86.0, study).set_index("network")
+    assert rows.loc["dp-k6", "target (points)"] == "2.0: met" and rows.loc["dp-k6", "epochs"] == "3"
+    assert rows.loc["dp-k6", "below the base (points)"].startswith("1.50 ± ")
+    assert rows.loc["dp-k6", "chapter 3 (%)"] == "83.11" and rows.loc["DS-E", "chapter 3 (%)"] == ""
+    assert rows.loc["DS-E", "target (points)"] == "2.0: missed by 9.00" and rows.loc["DS-E", "epochs"] == "2 of 3 (running)"
+    text = "\n".join(convergence.lines(table(), 86.0, study, chapter3_epochs=6))
+    assert "for 6 epochs (its budget)" in text and "for 3 epochs from the same base" in text
+    assert "chapter 3 (6 epochs): 83.11%" in text and "python -m ds.train --out runs/convergence/e-ds-e" in text
+    fig = convergence.figure(table(), 86.0, study, 6)
+    assert fig.get_size_inches()[0] <= 7.5                              # readable at the book's page width
+    assert any("chapter 3, 6-epoch schedule (83.11%)" == t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_no_table_says_so_and_a_base_without_its_curve_is_a_clear_error(tmp_path):
+    assert "No convergence run is published yet" in "\n".join(convergence.lines(None))
+    assert convergence.write(tmp_path, sweep=tmp_path / "none.csv")[2].startswith("No convergence run")
+    with pytest.raises(FileNotFoundError, match="make publish PROFILE=cpu-observe"):
+        convergence.base_top1("data/checkpoints/cpu-observe/base.pt", tmp_path)
+    pd.DataFrame({"epoch": [1, 2], "test_acc": [80.0, 86.04]}).to_csv(tmp_path / "base_metrics_cpu-observe.csv")
+    assert convergence.base_top1("data/checkpoints/cpu-observe/base.pt", tmp_path) == 86.04
+
+
+def test_the_sweeps_dp_k6_is_what_the_dp_search_picks_from_the_published_importance_table():
+    """dp-k6 of the published cpu run, from chapter 2's importance table (held-out drop after the
+    DP's short finetune, per switch, as book/chapters/02_search.ipynb shows it)."""
+    from ds import dpsearch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convergence_sweep
+    drops = [1.78, 3.54, 2.88, 9.24, 3.70, 3.10, 7.00, 5.66, 4.56, 4.02, 7.02, 2.76, 3.06, 4.18, 2.08, 1.68, 1.86]
+    choice = dpsearch.choose({i + 1: d for i, d in enumerate(drops)}, 19, removed=11)
+    assert ",".join(map(str, choice.pattern)) == convergence_sweep.DP_K6
+    assert convergence_sweep.removed_blocks(convergence_sweep.DP_K6) == 11 == convergence_sweep.removed_blocks("DS-E")
