@@ -37,10 +37,14 @@ def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still
     assert rows.loc["dp-k6", "target (points)"] == "2.0: met" and rows.loc["dp-k6", "epochs"] == "3"
     assert rows.loc["dp-k6", "below the base (points)"].startswith("1.50 ± ")
     assert rows.loc["dp-k6", "chapter 3 (%)"] == "83.11" and rows.loc["DS-E", "chapter 3 (%)"] == ""
-    assert rows.loc["DS-E", "target (points)"] == "2.0: missed by 9.00" and rows.loc["DS-E", "epochs"] == "2 of 3 (running)"
+    assert rows.loc["DS-E", "target (points)"] == "2.0: not reached yet" and rows.loc["DS-E", "epochs"] == "2 of 3 (running)"
+    assert rows.loc["DS-E", "stops improving (epoch)"] == "" and rows.loc["dp-k6", "stops improving (epoch)"] == 3
+    finished = convergence.summary(table()[table()["epoch"] < 3].assign(arg_epochs=2), 86.0).set_index("network")
+    assert finished.loc["DS-E", "target (points)"] == "2.0: missed by 9.00"
     text = "\n".join(convergence.lines(table(), 86.0, study, chapter3_epochs=6))
     assert "for 6 epochs (its budget)" in text and "for 3 epochs from the same base" in text
     assert "chapter 3 (6 epochs): 83.11%" in text and "python -m ds.train --out runs/convergence/e-ds-e" in text
+    assert "*Paper* (ImageNet" in text and "DS-E -3.10 to -0.87 points, 2.50x" in text and "dp-k6 -" not in text
     fig = convergence.figure(table(), 86.0, study, 6)
     assert fig.get_size_inches()[0] <= 7.5                              # readable at the book's page width
     assert any("chapter 3, 6-epoch schedule (83.11%)" == t.get_text() for t in fig.axes[0].get_legend().get_texts())
@@ -55,13 +59,14 @@ def test_no_table_says_so_and_a_base_without_its_curve_is_a_clear_error(tmp_path
     assert convergence.base_top1("data/checkpoints/cpu-observe/base.pt", tmp_path) == 86.04
 
 
-def test_the_sweeps_dp_k6_is_what_the_dp_search_picks_from_the_published_importance_table():
-    """dp-k6 of the published cpu run, from chapter 2's importance table (held-out drop after the
+def test_the_sweeps_dp_patterns_are_what_the_dp_search_picks_from_the_published_importance_table():
+    """dp-k6 and dp-k11 of the published cpu run, from chapter 2's importance table (held-out drop after the
     DP's short finetune, per switch, as book/chapters/02_search.ipynb shows it)."""
     from ds import dpsearch
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import convergence_sweep
     drops = [1.78, 3.54, 2.88, 9.24, 3.70, 3.10, 7.00, 5.66, 4.56, 4.02, 7.02, 2.76, 3.06, 4.18, 2.08, 1.68, 1.86]
-    choice = dpsearch.choose({i + 1: d for i, d in enumerate(drops)}, 19, removed=11)
-    assert ",".join(map(str, choice.pattern)) == convergence_sweep.DP_K6
-    assert convergence_sweep.removed_blocks(convergence_sweep.DP_K6) == 11 == convergence_sweep.removed_blocks("DS-E")
+    for removed, pattern, paper in ((11, convergence_sweep.DP_K6, "DS-E"), (6, convergence_sweep.DP_K11, "DS-A")):
+        choice = dpsearch.choose({i + 1: d for i, d in enumerate(drops)}, 19, removed=removed)
+        assert ",".join(map(str, choice.pattern)) == pattern
+        assert convergence_sweep.removed_blocks(pattern) == removed == convergence_sweep.removed_blocks(paper)

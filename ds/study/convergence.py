@@ -14,6 +14,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ds.paper import PAPER_TOP1
+
+from .headline import paper_result
 from .layout import REPO_ROOT, RESULTS_DIR
 from .uncertainty import gap
 
@@ -57,15 +60,16 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
         last = curve.iloc[-1]
         removed = int(last["removed_blocks"])
         drop, se = gap(base, last["test_acc"], int(last["test_n"]))
+        running = last["epoch"] < last["arg_epochs"]
         row = {"network": last["pattern_name"], "removed": removed, "epochs": f"{int(last['epoch'])}"
-               + ("" if last["epoch"] >= last["arg_epochs"] else f" of {int(last['arg_epochs'])} (running)"),
+               + (f" of {int(last['arg_epochs'])} (running)" if running else ""),
                "train acc (%)": last["train_acc"], "held-out (%)": last["holdout_acc"],
-               "stops improving (epoch)": plateau(curve["holdout_acc"], curve["holdout_se"]),
+               "stops improving (epoch)": "" if running else plateau(curve["holdout_acc"], curve["holdout_se"]),
                "test top-1 (%)": f"{last['test_acc']:.2f} ± {last['test_se']:.2f}",
                "below the base (points)": f"{drop:.2f} ± {se:.2f}"}
         target = TARGETS.get(removed)
-        row["target (points)"] = "" if target is None else f"{target:.1f}: " + ("met" if drop <= target else
-                                                                                f"missed by {drop - target:.2f}")
+        verdict = ("not reached yet" if running else "met" if drop <= target else f"missed by {drop - target:.2f}")
+        row["target (points)"] = "" if target is None else f"{target:.1f}: {verdict}"
         shorter = _chapter3(study, last["pattern_name"])
         row["chapter 3 (%)"] = "" if shorter is None else f"{shorter:.2f}"
         rows.append(row)
@@ -109,6 +113,10 @@ def lines(table: pd.DataFrame | None, base: float | None = None, study: pd.DataF
                   "*Stops improving*: the first epoch that no later epoch beats by more than two standard errors of "
                   "the difference on the held-out images. *Below the base*: the last epoch's test top-1 against the "
                   "base's, with the standard error of the difference (both measured once on the same test set).", ""]
+    paper = [f"{name} {paper_result(name)}" for name in dict.fromkeys(rows["network"]) if name in PAPER_TOP1]
+    if paper:
+        out += [f"*Paper* (ImageNet, MobileNetV2-1.4, 180 finetuning epochs; top-1 change and V100 speed-up): "
+                f"{'; '.join(paper)}.", ""]
     for _, row in rows.iterrows():
         out.append(f"- **{row['network']}** ({row['removed']} blocks removed): {row['below the base (points)']} "
                    f"points below the base after {row['epochs']} epochs; target {row['target (points)'] or 'none'}"
