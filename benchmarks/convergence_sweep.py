@@ -28,10 +28,17 @@ reproduces both DP patterns from that table (tests/test_convergence.py).
 
 Each configuration is one `python -m ds.train` command (printed, and stored in the results) writing
 runs/convergence/<name>/; an interrupted run is continued with --resume (the script does it), a
-finished one is skipped. The results are benchmarks/results/convergence_sweep.csv, one row per
-configuration and epoch with held-out and test top-1 and their binomial standard errors, the
-arguments (arg_*), the command, when it finished and the load average around it; and
-convergence_sweep.png, the curves. `seconds` are wall time on a shared machine.
+finished one is skipped. runs/ stays on the machine that ran it: a session that must stop before a
+configuration finishes commits its run directories as state/convergence.tar.gz (`tar -czf
+state/convergence.tar.gz runs/convergence/NAME ...`), and the next one restores them with `tar -xzf
+state/convergence.tar.gz` and reruns the same --stage command, which resumes them; delete the file
+once they have finished and been collected.
+
+The results are benchmarks/results/convergence_sweep.csv, one row per configuration and epoch with
+held-out and test top-1 and their binomial standard errors, the arguments (arg_*), the command,
+when it finished and the load average around it. `python -m ds.study pages` turns it into the
+section *Finetuning to convergence* of the book's page *Recovering accuracy*, with the curves
+(book/images/convergence_curves.png). `seconds` are wall time on a shared machine.
 """
 from __future__ import annotations
 
@@ -45,7 +52,6 @@ import sweep_runs   # beside this script
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "convergence"
 RESULTS = ROOT / "benchmarks" / "results" / "convergence_sweep.csv"
-FIGURE = RESULTS.with_suffix(".png")
 BASE = "data/checkpoints/cpu-observe/base.pt"
 HOLDOUT, TEST_IMAGES = 2000, 10000
 # dp-k6 and dp-k11 of the published cpu run: 0 removes a block's activations, 1 keeps them, one entry per switch
