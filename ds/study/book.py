@@ -22,7 +22,8 @@ from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 from . import headline
 from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
-                     REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, relative_to_repo)
+                     REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, published_base_curve,
+                     relative_to_repo)
 from .profiles import chapter_parameters, load_profile, profile_chapters, read_profiles
 from .finetune import distill_reading
 from .int8 import int8_summary
@@ -606,11 +607,7 @@ def recipe_inputs(sweep: Path = RECIPE_SWEEP, results_dir: Path = RESULTS_DIR,
     curve = pd.read_csv(published)
     if "source" not in curve:
         return table, curve, profile, profile
-    trained_by = Path(str(curve["source"].iloc[0])).parent.name
-    trained = Path(results_dir) / f"base_metrics_{trained_by}.csv"
-    if not trained.is_file():
-        raise FileNotFoundError(f"{published} says the `{profile}` base was adopted from {curve['source'].iloc[0]}, "
-                                f"but {trained} (that run's curve) is missing: make publish PROFILE={trained_by}")
+    trained_by, trained = published_base_curve(curve["source"].iloc[0], results_dir)
     return table, pd.read_csv(trained), profile, trained_by
 
 

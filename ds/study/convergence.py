@@ -17,7 +17,7 @@ import pandas as pd
 from ds.paper import PAPER_TOP1
 
 from .headline import paper_result
-from .layout import REPO_ROOT, RESULTS_DIR
+from .layout import REPO_ROOT, RESULTS_DIR, published_base_curve
 from .uncertainty import gap
 
 SWEEP = REPO_ROOT / "benchmarks" / "results" / "convergence_sweep.csv"
@@ -34,11 +34,7 @@ def read(path: Path = SWEEP) -> pd.DataFrame | None:
 def base_top1(init: str, results_dir: Path = RESULTS_DIR) -> float:
     """Test top-1 of the published base network `init` (data/checkpoints/<profile>/base.pt), from
     the curve its profile published (data/results/base_metrics_<profile>.csv, the last epoch)."""
-    metrics = Path(results_dir) / f"base_metrics_{Path(init).parent.name}.csv"
-    if not metrics.is_file():
-        raise FileNotFoundError(f"the convergence sweep starts from {init}, but {metrics} (its test top-1) is "
-                                f"missing: make publish PROFILE={Path(init).parent.name}")
-    return float(pd.read_csv(metrics)["test_acc"].iloc[-1])
+    return float(pd.read_csv(published_base_curve(init, results_dir)[1])["test_acc"].iloc[-1])
 
 
 def plateau(holdout: pd.Series, se: pd.Series) -> int:

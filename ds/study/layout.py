@@ -48,6 +48,17 @@ def notebook_source(chapter: str, notebooks: Path = NOTEBOOKS) -> Path:
     return Path(notebooks) / f"{chapter}.ipynb"
 
 
+def published_base_curve(checkpoint: str | Path, results_dir: Path = RESULTS_DIR) -> tuple[str, Path]:
+    """The profile that trained the published base network `checkpoint`
+    (data/checkpoints/<profile>/base.pt) and its training curve, data/results/base_metrics_<profile>.csv;
+    FileNotFoundError, naming the command that publishes it, when the curve is missing."""
+    profile = Path(checkpoint).parent.name
+    curve = Path(results_dir) / f"base_metrics_{profile}.csv"
+    if not curve.is_file():
+        raise FileNotFoundError(f"{curve} (the training curve of {checkpoint}) is missing: make publish PROFILE={profile}")
+    return profile, curve
+
+
 def relative_to_repo(path: str | Path) -> str:
     """`path` relative to the repository when it lies inside it, else as given (absolute)."""
     path = Path(path).resolve()
