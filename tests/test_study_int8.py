@@ -46,6 +46,21 @@ def test_the_reading_names_the_networks_that_miss_a_target_or_quantize_much_wors
     assert list(much_worse_than_base(table)["pattern"]) == ["DS-A"]
 
 
+def test_the_reading_says_where_agreement_is_missed_and_whether_it_follows_the_float_error():
+    rows = [_row("base", rt, 86.0, 85.9, 0.988, finetune="base") for rt in ("onnxruntime", "openvino")]
+    for name, top1, agreement in (("DS-E", 74.7, 0.962), ("DS-D", 76.2, 0.964), ("DS-A", 79.5, 0.974),
+                                  ("dp-k11", 85.1, 0.986)):
+        rows += [_row(name, rt, top1, top1 - 0.2, agreement, finetune="candidate") for rt in ("onnxruntime", "openvino")]
+    text = int8.agreement_reading(pd.DataFrame(rows))
+    assert text.startswith("**Where agreement is missed.** Every network below 97% has float top-1 of at most 76.20%; "
+                           "all 3 networks more accurate than that meet it in every runtime.")
+    assert "rises with the float network's error (Pearson r = 1.00 in onnxruntime (5 networks), r = 1.00 in openvino" in text
+    assert text in int8_reading(pd.DataFrame(rows))
+    assert int8.agreement_reading(_good()) is None and "Where agreement is missed" not in int8_reading(_good())
+    unrelated = [dict(r, agreement=a) for r, a in zip(rows, (0.96, 0.96, 0.99, 0.99, 0.96, 0.96, 0.99, 0.99, 0.96, 0.96))]
+    assert "does not clearly follow the float network's error" in int8.agreement_reading(pd.DataFrame(unrelated))
+
+
 def test_a_base_that_gains_in_int8_or_a_loss_within_the_noise_is_not_much_worse():
     table = pd.DataFrame([_row("base", "onnxruntime", 9.4, 14.1, 0.86, n=64),       # a gain: counts as no loss
                           _row("DS-E", "onnxruntime", 7.8, 7.8, 1.0, n=64),

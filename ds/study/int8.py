@@ -41,6 +41,7 @@ TARGET_AGREEMENT = 0.97           # share of test images where INT8 and float pr
 # the target: a network that misses the target is flagged only for a loss the target would not tolerate.
 MUCH_WORSE_POINTS = 2 * TARGET_TOP1_CHANGE
 KEY = ("pattern", "finetune", "runtime")
+STRONG_CORRELATION = 0.7   # Pearson r from which the reading says disagreement follows the float error
 
 
 class Int8Error(ValueError):
@@ -249,6 +250,36 @@ def _runtime_lines(runtime: str, group: pd.DataFrame) -> list[str]:
     return lines
 
 
+def agreement_reading(table: pd.DataFrame) -> str | None:
+    """Where networks miss the agreement target: whether disagreement follows the float network's
+    error (Pearson r per runtime, over its networks), and the float top-1 above which every network
+    meets it. None when every network meets the target."""
+    table = meets_targets(table)
+    missed = table[~table["agreement_ok"]]
+    if missed.empty:
+        return None
+    correlations = {}
+    for runtime, group in table.groupby("runtime", sort=False):
+        error, disagreement = 100.0 - group["top1_float"], 1.0 - group["agreement"]
+        if len(group) >= 3 and error.std() > 0 and disagreement.std() > 0:
+            correlations[f"{runtime} ({len(group)} networks)"] = float(np.corrcoef(error, disagreement)[0, 1])
+    highest = missed["top1_float"].max()
+    above = table.loc[table["top1_float"] > highest, ["pattern", "finetune"]].drop_duplicates()
+    text = (f"**Where agreement is missed.** Every network below {TARGET_AGREEMENT:.0%} has float top-1 of at most "
+            f"{highest:.2f}%" + (f"; all {len(above)} networks more accurate than that meet it in every runtime"
+                                 if len(above) else "") + ".")
+    if correlations:
+        listed = ", ".join(f"r = {r:.2f} in {where}" for where, r in correlations.items())
+        if min(correlations.values()) >= STRONG_CORRELATION:
+            text += (" Across networks, the share of test images where INT8 and float disagree rises with the float "
+                     f"network's error (Pearson {listed}): a less accurate network has more images near a decision "
+                     "boundary, where INT8's small output changes flip the class.")
+        else:
+            text += (" Across networks, the share of test images where INT8 and float disagree does not clearly "
+                     f"follow the float network's error (Pearson {listed}).")
+    return text
+
+
 def int8_reading(table: pd.DataFrame) -> str:
     """Markdown: per runtime, how many networks meet the issue's two targets (INT8 top-1 within
     TARGET_TOP1_CHANGE points of float, agreement >= TARGET_AGREEMENT), with the test set's standard
@@ -267,6 +298,9 @@ def int8_reading(table: pd.DataFrame) -> str:
              f"standard error is at most 100 sqrt(disagreement / n) points (the ± below), usually far less.", ""]
     for runtime, group in table.groupby("runtime", sort=False):
         lines += _runtime_lines(runtime, group)
+    why = agreement_reading(table)
+    if why:
+        lines += ["", why]
     worse = much_worse_than_base(table)
     if len(worse):
         lines += ["", f"**Quantizes much worse than the base** (INT8 costs it more than {MUCH_WORSE_POINTS:g} point "
