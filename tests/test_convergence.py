@@ -14,7 +14,7 @@ ARGS = {"arg_init": "data/checkpoints/cpu-observe/base.pt", "arg_holdout": 2000,
 
 
 def run(name: str, pattern: str, removed: int, test: list[float], epochs: int) -> list[dict]:
-    return [{"config": name, "pattern_name": pattern, "removed_blocks": removed, "epoch": e, "arg_epochs": epochs,
+    return [{"config": name, "stage": 1, "pattern_name": pattern, "removed_blocks": removed, "epoch": e, "arg_epochs": epochs,
              "train_acc": t + 1, "holdout_acc": t + 0.5, "holdout_se": 0.8, "test_acc": t, "test_se": 0.38,
              "command": f"python -m ds.train --out runs/convergence/{name}", **ARGS}
             for e, t in enumerate(test, start=1)]
@@ -35,7 +35,11 @@ def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still
     study = pd.DataFrame({"pattern": ["dp-k6", "dp-k6"], "finetune": ["candidate", "distill"], "top1": [78.1, 83.11]})
     rows = convergence.summary(table(), 86.0, study).set_index("network")
     assert rows.loc["dp-k6", "target (points)"] == "2.0: met" and rows.loc["dp-k6", "epochs"] == "3"
-    assert rows.loc["dp-k6", "below the base (points)"].startswith("1.50 ± ")
+    assert rows.loc["dp-k6", "against the base (points)"].startswith("-1.50 ± ")
+    assert convergence.against_base(rows.loc["dp-k6"]).startswith("1.50 ± ") and "points below the base" in \
+        convergence.against_base(rows.loc["dp-k6"])
+    above = convergence.summary(table().assign(test_acc=table()["test_acc"] + 2), 86.0).set_index("network")
+    assert convergence.against_base(above.loc["dp-k6"]).endswith("points above the base")
     assert rows.loc["dp-k6", "chapter 3 (%)"] == "83.11" and rows.loc["DS-E", "chapter 3 (%)"] == ""
     assert rows.loc["DS-E", "target (points)"] == "2.0: not reached yet" and rows.loc["DS-E", "epochs"] == "2 of 3 (running)"
     assert rows.loc["DS-E", "stops improving (epoch)"] == "" and rows.loc["dp-k6", "stops improving (epoch)"] == 3
@@ -44,6 +48,7 @@ def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still
     text = "\n".join(convergence.lines(table(), 86.0, study, chapter3_epochs=6))
     assert "for 6 epochs (its budget)" in text and "for 3 epochs from the same base" in text
     assert "chapter 3 (6 epochs): 83.11%" in text and "python -m ds.train --out runs/convergence/e-ds-e" in text
+    assert "python benchmarks/convergence_sweep.py --stage 1\npython -m ds.study pages" in text
     assert "*Paper* (ImageNet" in text and "DS-E -3.10 to -0.87 points, 2.50x" in text and "dp-k6 -" not in text
     fig = convergence.figure(table(), 86.0, study, 6)
     assert fig.get_size_inches()[0] <= 7.5                              # readable at the book's page width
@@ -70,3 +75,16 @@ def test_the_sweeps_dp_patterns_are_what_the_dp_search_picks_from_the_published_
         choice = dpsearch.choose({i + 1: d for i, d in enumerate(drops)}, 19, removed=removed)
         assert ",".join(map(str, choice.pattern)) == pattern
         assert convergence_sweep.removed_blocks(pattern) == removed == convergence_sweep.removed_blocks(paper)
+
+
+def test_the_results_page_quotes_the_finished_long_finetunes_of_a_run_from_the_same_base(tmp_path):
+    sweep = tmp_path / "sweep.csv"
+    table().to_csv(sweep, index=False)
+    lines = convergence.results_lines("data/checkpoints/cpu-observe/base.pt", 86.0, sweep)
+    text = "\n".join(lines)
+    assert "the same recipe for 3 epochs from the same base, one seed" in text
+    assert "- `dp-k6` (11 blocks removed): 84.50 ± 0.38%, 1.50 ± " in text and "points below the base; target 2.0: met." in text
+    assert "DS-E" not in text                                      # still running: no verdict yet
+    assert convergence.results_lines("data/checkpoints/cpu/base.pt", 86.0, sweep) == []   # another base
+    assert convergence.results_lines(None, 86.0, sweep) == []
+    assert convergence.results_lines("data/checkpoints/cpu-observe/base.pt", 86.0, tmp_path / "none.csv") == []

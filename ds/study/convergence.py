@@ -62,7 +62,7 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
                "train acc (%)": last["train_acc"], "held-out (%)": last["holdout_acc"],
                "stops improving (epoch)": "" if running else plateau(curve["holdout_acc"], curve["holdout_se"]),
                "test top-1 (%)": f"{last['test_acc']:.2f} ± {last['test_se']:.2f}",
-               "below the base (points)": f"{drop:.2f} ± {se:.2f}"}
+               "against the base (points)": f"{-drop:+.2f} ± {se:.2f}"}
         target = TARGETS.get(removed)
         verdict = ("not reached yet" if running else "met" if drop <= target else f"missed by {drop - target:.2f}")
         row["target (points)"] = "" if target is None else f"{target:.1f}: {verdict}"
@@ -70,6 +70,12 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
         row["chapter 3 (%)"] = "" if shorter is None else f"{shorter:.2f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def against_base(row: pd.Series) -> str:
+    """'0.90 ± 0.50 points below the base' (or above it) from a summary row."""
+    change, se = row["against the base (points)"].split(" ± ")
+    return f"{abs(float(change)):.2f} ± {se} points {'above' if float(change) > 0 else 'below'} the base"
 
 
 def _chapter3(study: pd.DataFrame | None, pattern: str) -> float | None:
@@ -107,22 +113,45 @@ def lines(table: pd.DataFrame | None, base: float | None = None, study: pd.DataF
                   "red line the target (the base less the allowed drop).", "```", "",
                   _markdown(rows), "",
                   "*Stops improving*: the first epoch that no later epoch beats by more than two standard errors of "
-                  "the difference on the held-out images. *Below the base*: the last epoch's test top-1 against the "
-                  "base's, with the standard error of the difference (both measured once on the same test set).", ""]
+                  "the difference on the held-out images. *Against the base*: the last epoch's test top-1 less the "
+                  "base's (negative: below it), with the standard error of the difference (both measured once on the "
+                  "same test set).", ""]
     paper = [f"{name} {paper_result(name)}" for name in dict.fromkeys(rows["network"]) if name in PAPER_TOP1]
     if paper:
         out += [f"*Paper* (ImageNet, MobileNetV2-1.4, 180 finetuning epochs; top-1 change and V100 speed-up): "
                 f"{'; '.join(paper)}.", ""]
     for _, row in rows.iterrows():
-        out.append(f"- **{row['network']}** ({row['removed']} blocks removed): {row['below the base (points)']} "
-                   f"points below the base after {row['epochs']} epochs; target {row['target (points)'] or 'none'}"
+        out.append(f"- **{row['network']}** ({row['removed']} blocks removed): {against_base(row)} after "
+                   f"{row['epochs']} epochs; target {row['target (points)'] or 'none'}"
                    + (f"; chapter 3 ({chapter3_epochs or 'fewer'} epochs): {row['chapter 3 (%)']}%."
                       if row["chapter 3 (%)"] else "."))
     return out + ["", "To rerun it: the sweep runs what is missing and resumes an interrupted run (two configurations "
                   "can run side by side, one `--only NAME` each); then regenerate this page:", "",
-                  "```bash", "python benchmarks/convergence_sweep.py --stage 1", "python -m ds.study pages", "```", "",
+                  "```bash", *[f"python benchmarks/convergence_sweep.py --stage {int(s)}" for s in
+                               dict.fromkeys(table["stage"])], "python -m ds.study pages", "```", "",
                   "Each configuration is one command:", "",
                   "```bash", *table.groupby("config", sort=False)["command"].first(), "```", ""]
+
+
+def results_lines(base_source: str | None, base: float, sweep: Path = SWEEP) -> list[str]:
+    """For the results page of a run whose base is the published checkpoint `base_source`: what the
+    convergence sweep's finished networks, finetuned longer from that same base, keep (test top-1
+    and the drop against `base` with its standard error, and the target); [] when the sweep started
+    from another base or has no finished network."""
+    table = read(sweep)
+    if table is None or not base_source or not (table["arg_init"] == base_source).all():
+        return []
+    rows = summary(table, base)
+    rows = rows[~rows["epochs"].str.contains("running")]
+    if rows.empty:
+        return []
+    epochs = int(table["arg_epochs"].iloc[0])
+    out = [f"*Finetuned longer* (outside this run's budget: the convergence sweep, the same recipe for {epochs} "
+           f"epochs from the same base, one seed; the *Recovering accuracy* page has its curves):", ""]
+    for _, row in rows.iterrows():
+        out.append(f"- `{row['network']}` ({row['removed']} blocks removed): {row['test top-1 (%)']}%, "
+                   f"{against_base(row)}; target {row['target (points)'] or 'none'}.")
+    return out + [""]
 
 
 def _markdown(frame: pd.DataFrame) -> str:
