@@ -29,6 +29,15 @@ torch.set_num_threads(1)
 CHECKPOINTS = Path("data/checkpoints/cpu")
 
 
+def merged_name() -> str:
+    """The file name of the merged searched network the cpu run published (<pattern>-merged.pt)."""
+    found = sorted(p.name for p in CHECKPOINTS.glob("*-merged.pt"))
+    if len(found) != 1:
+        raise SystemExit(f"expected one *-merged.pt in {CHECKPOINTS}, found {found or 'none'}: publish the cpu run "
+                         f"(make publish PROFILE=cpu)")
+    return found[0]
+
+
 def published(name: str):
     """A published network file; one in an older format is converted into a temporary copy first."""
     from ds.networks import load_network
@@ -57,7 +66,7 @@ def scaled(images: Int8Images, factor: float) -> Int8Images:
 
 NETWORKS = [  # (name, builder, input size, dataset, calibration images, check images, broken variants)
     ("cpu base (trained)", lambda: published("base.pt"), 32, "cifar10", 300, 300, True),
-    ("cpu searched-k11 merged (trained)", lambda: published("searched-k11-merged.pt"), 32, "cifar10",
+    ("cpu merged searched network (trained)", lambda: published(merged_name()), 32, "cifar10",
      300, 300, True),
     ("mobilenetv2_035 base (random)", lambda: random_network("mobilenetv2_035", "base", 32), 32, "cifar10",
      300, 300, False),

@@ -189,7 +189,7 @@ def test_publish_swaps_in_a_built_book_that_names_its_run_and_holds_no_machine_p
     assert record["chapters"]["05_throughput"]["profile"] == "tiny"
     base = load_checkpoint(tmp_path / "checkpoints" / "pub" / "base.pt")
     assert set(base) == {"model", "meta", "epoch"}                   # weights, not the optimizer's state
-    merged = list((tmp_path / "checkpoints" / "pub").glob("searched-*-merged.pt"))
+    merged = list((tmp_path / "checkpoints" / "pub").glob("*-merged.pt"))
     assert len(merged) == 1 and ds.meta.info(ds.load_network(merged[0])).merged   # sha256 checked on load
     assert json.loads((merged[0].parent / (merged[0].name + ".provenance.json")).read_text())["sha256"]
     assert (book / "_build" / "html" / "chapters" / "04_merge.html").is_file()

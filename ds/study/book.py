@@ -19,7 +19,7 @@ import pandas as pd
 
 from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
-from . import headline
+from . import convergence, headline
 from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
                      REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, published_base_curve,
@@ -226,8 +226,9 @@ def _answers(layout: RunLayout) -> list[str]:
 RESULTS_FIGURE = "images/results_accuracy_speed.png"   # the results page's figure, inside the book
 
 
-def _kept_lines(layout: RunLayout, figure_dir: Path | None) -> list[str]:
-    """The first answer: how much accuracy the shrunk networks keep, at what speed (ds.study.headline)."""
+def _kept_lines(layout: RunLayout, figure_dir: Path | None, sweep: Path = convergence.SWEEP) -> list[str]:
+    """The first answer: how much accuracy the shrunk networks keep, at what speed (ds.study.headline),
+    and, for a run from a published base, what the convergence sweep's longer finetunes from it keep."""
     lines = ["## How much accuracy the shrunk networks keep, at what speed", ""]
     if not (layout.study_csv.is_file() and layout.finetune_results.is_file()):
         return lines + ["This run has no answer: chapters 3 and 5 did not produce their tables.", ""]
@@ -235,8 +236,10 @@ def _kept_lines(layout: RunLayout, figure_dir: Path | None) -> list[str]:
     base_top1 = float(study.loc[study["source"] == "base", "top1_merged"].iloc[0])
     test_images = int(pd.read_csv(layout.finetune_results)["test_images"].iloc[0])
     counts = headline.paper_counts(study)
+    base = pd.read_csv(layout.base_metrics) if layout.base_metrics.is_file() else pd.DataFrame()
+    longer = convergence.results_lines(base["source"].iloc[-1] if "source" in base else None, base_top1, sweep)
     lines += [f"*Paper:* {PAPER_CLAIMS['kept']}.", "",
-              headline.kept_reading(study, base_top1, test_images, counts), "",
+              headline.kept_reading(study, base_top1, test_images, counts), "", *longer,
               f"Every network chapter 3 finetuned, merged, on the {test_images:,} test images (+- one standard "
               f"error; against the base: the standard error of the difference, one seed each), its INT8 top-1, "
               f"and its speed-up over the fastest way to run the base (INT8 included) in the setting where it "
@@ -252,7 +255,7 @@ def _kept_lines(layout: RunLayout, figure_dir: Path | None) -> list[str]:
 
 
 def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str = "Results summary",
-                 figure_dir: Path | None = None) -> str:
+                 figure_dir: Path | None = None, sweep: Path = convergence.SWEEP) -> str:
     """The results summary page, every number read from the run directory: how much accuracy the
     shrunk networks keep at what speed (its figure written under `figure_dir`, the book being
     assembled, when given), the answers to the paper's questions, then what the GPU runs published
@@ -263,7 +266,7 @@ def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str 
              f"({_provenance(layout)}). Nothing on this page is typed by hand.", ""]
     if layout.base_metrics.is_file():
         lines += [base_line(pd.read_csv(layout.base_metrics)), ""]
-    lines += _kept_lines(layout, figure_dir) + ["## The answers", ""] + _answers(layout) + gpu_section(results_dir)
+    lines += _kept_lines(layout, figure_dir, sweep) + ["## The answers", ""] + _answers(layout) + gpu_section(results_dir)
     if layout.study_csv.is_file():
         study = pd.read_csv(layout.study_csv)
         shown = study.drop(columns=[c for c in ("seed",) if c in study]).assign(macs=study["macs"] / 1e6)

@@ -1,5 +1,5 @@
 """What publishing a run leaves outside the book: its tables in data/results/ and, when small
-enough, its base network and merged searched network in data/checkpoints/, each with the run's
+enough, its base network and its best merged searched network (gate or DP search) in data/checkpoints/, each with the run's
 provenance beside it (profile, commit, dates, device, and the file's sha256, which every reader
 checks) so a number can always be traced to its run.
 
@@ -7,7 +7,7 @@ checks) so a number can always be traced to its run.
     data/results/observation_<profile>.csv    one row per arm and seed (chapter 1's observation.csv)
     data/results/base_metrics_<profile>.csv   the base network's training curve (chapter 1)
     data/checkpoints/<profile>/base.pt        the trained base: ds.load_network(this file), or build_model(..., init=it)
-    data/checkpoints/<profile>/<pattern>-merged.pt   the merged searched network: ds.load_network(this file)
+    data/checkpoints/<profile>/<pattern>-merged.pt   the best merged searched network: ds.load_network(this file)
 
 The networks are network files (ds.networks): weights and the NetInfo that rebuilds the module,
 data only.
@@ -47,10 +47,13 @@ def publish_file(source: Path, target: Path, layout: RunLayout, what: str, limit
     return target
 
 
+SEARCHES = ("searched", "dp")   # the sources of searched patterns: the gate search and the DP search
+
+
 def best_searched(study: pd.DataFrame) -> pd.Series | None:
-    """The searched network to publish: of the searched patterns' standing networks, the most
-    accurate merged one."""
-    searched = standing(study[study["source"] == "searched"])
+    """The searched network to publish: of the standing networks of either search's patterns, the
+    most accurate merged one."""
+    searched = standing(study[study["source"].isin(SEARCHES)])
     return None if searched.empty else searched.sort_values("top1_merged").iloc[-1]
 
 
