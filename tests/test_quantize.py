@@ -145,3 +145,41 @@ def test_cli_int8_errors_are_one_line(tmp_path, capsys):
                         "--calibration-dataset", "fake", "--calibration-images", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: calibration count must be a whole number >= 1") and err.count("\n") == 1
+
+
+def test_a_cpu_without_vnni_is_saturation_prone_and_the_records_say_which_quantization_ran():
+    from ds.export.quantize import saturation_prone, settings, settings_label
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert saturation_prone(avx2, "x86_64") and saturation_prone("", "x86_64")
+    assert not saturation_prone(avx2.replace("avx2", "avx2 avx512f avx512_vnni"), "x86_64")
+    assert not saturation_prone(avx2.replace("avx2", "avx2 avx_vnni"), "AMD64")
+    assert not saturation_prone(avx2, "aarch64")                      # not x86: other kernels
+    assert "reduce_range" in settings("onnxruntime", True)["weights"]
+    assert "reduce_range" not in settings("onnxruntime", False)["weights"]
+    assert settings("openvino", True)["overflow_fix"] == "enable"
+    assert settings("openvino", False)["overflow_fix"] == "first_layer_only"
+    calib = image_set(np.zeros((2, 3, SIZE, SIZE), np.float32), "noise")
+    assert "(7-bit: reduce_range)" in settings_label("onnxruntime", calib, True)
+    assert "overflow fix on every layer" in settings_label("openvino", calib, True)
+    assert "7-bit" not in settings_label("onnxruntime", calib, False)
+
+
+def test_the_saturation_fix_gives_ort_7_bit_weights_and_the_cli_records_it(tiny_merged, fake_images, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+    widest = {}
+    for fix in (True, False):
+        q = quantize(tiny_merged["base"], "onnxruntime", tmp_path / f"m{fix}.onnx", fake_images, saturation_fix=fix,
+                     max_error=10.0)   # without the fix a CPU lacking VNNI fails the check: the weights are the point
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(q.path)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+        widest[fix] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        assert ("reduce_range" in q.settings["weights"]) == fix
+    assert widest[True] <= 64 < widest[False]                          # 7-bit weights only with the fix
+    out = tmp_path / "e"
+    assert export_main(["--model", "mobilenetv2_035", "--input", str(SIZE), "--num-classes", "10", "--out", str(out),
+                        "--int8", "--calibration-dataset", "fake", "--calibration-images", "8",
+                        "--int8-saturation-fix", "on"]) == 0
+    record = json.loads((out / "model.json").read_text())["int8"]
+    assert "cpu_saturation_prone" in record and record["files"]["openvino"]["settings"]["overflow_fix"] == "enable"
+    assert "reduce_range" in record["files"]["onnxruntime"]["settings"]["weights"]

@@ -1,7 +1,7 @@
 """python -m ds.export: a network file (or a random-weight network) -> merged -> ONNX + OpenVINO IR.
 
     python -m ds.export --checkpoint runs/finetune-k8/checkpoint.pt --out exported/
-    python -m ds.export --checkpoint data/checkpoints/cpu/dp-k11-merged.pt --out exported/
+    python -m ds.export --checkpoint data/checkpoints/cpu/searched-k11-merged.pt --out exported/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out exported/
     python -m ds.export --checkpoint data/checkpoints/cpu/base.pt --int8 --out exported/   (+ INT8 files)
 
@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "more, the next of the same permutation, for the check)")
     p.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED,
                    help=f"with --int8: seeds the permutation of the training split (default {CALIBRATION_SEED})")
+    p.add_argument("--int8-saturation-fix", choices=("auto", "on", "off"), default="auto",
+                   help="with --int8: 7-bit weights (ONNX Runtime) and NNCF's overflow fix on every layer, which "
+                        "CPUs without VNNI need; auto (default): when this CPU lacks VNNI. 'on' or 'off' to make "
+                        "files for a CPU of the other kind")
     p.add_argument("--calibration-dataset", default=CALIBRATION_DATASET,
                    help="with --int8: cifar10 (default; ships in the repository), cifar100 or fake")
     return p.parse_args(argv)
@@ -90,7 +94,9 @@ def main(argv=None) -> int:
         if args.int8:
             result = export_int8(model, args.out, args.input, calibration_count=args.calibration_images,
                                  calibration_seed=args.calibration_seed,
-                                 calibration_dataset=args.calibration_dataset, **options)
+                                 calibration_dataset=args.calibration_dataset,
+                                 saturation_fix={"auto": None, "on": True, "off": False}[args.int8_saturation_fix],
+                                 **options)
         else:
             result = export(model, args.out, args.input, **options)
     except (ExportError, UnsupportedModelError, PatternError, CheckpointError) as e:
