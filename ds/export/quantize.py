@@ -20,14 +20,14 @@ Two tools, one per runtime:
   8 bits, from ORT's own profile).
 
 On an x86 CPU without VNNI (AVX2, or AVX-512 without VNNI), both runtimes multiply u8 activations by
-s8 weights with an instruction (VPMADDUBSW) whose 16-bit sums saturate. Measured on the published cpu
-base network at 32 px on a 2-core AVX2-only AMD EPYC VM (2026-12-07, 2,000 check images): ONNX
-Runtime's file agreed with float on 92.6% of the images (relative RMS error 0.24), OpenVINO's on 96.2%
-(0.19); on a VNNI CPU the same files agree on 98-99%. So on such a CPU (`saturation_prone()`), ds
-quantizes as each runtime's documentation advises there: ONNX Runtime with 7-bit weights
-(`reduce_range`; 98.3% and 0.06 on that VM) and NNCF with its overflow fix on every layer instead of
-the first only (99.0% and 0.14). `saturation_fix` (True/False) overrides the choice, e.g. to make
-files on one machine for a CPU of the other kind; the records and labels say which ran.
+s8 weights with an instruction (VPMADDUBSW) whose 16-bit sums saturate. On such a CPU
+(`saturation_prone()`) ds quantizes as each runtime's documentation advises there: ONNX Runtime with
+7-bit weights (`reduce_range`), NNCF with its overflow fix on every layer instead of the first only.
+`saturation_fix` (True/False) overrides the choice, e.g. to make files on one machine for a CPU of
+the other kind; the records and labels say which ran. What it changes is measured by
+benchmarks/int8_saturation.py (benchmarks/results/int8_saturation.csv): on a 2-core AVX2-only AMD
+EPYC VM, the published cpu base without the fix lost 2.52 points in ONNX Runtime (agreement with
+float 91.1%) and 1.04 in OpenVINO (94.7%), with it 0.07 in both (97.8%, 98.2%).
 
 Calibration images are training images, never test images: a seeded permutation of the training
 split (`calibration_images`: the first `count` for calibration, the next ones for the check), resized
