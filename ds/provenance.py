@@ -54,20 +54,26 @@ def cpu_name() -> str:
 
 # Instruction sets that decide which kernels a CPU runtime picks (a VM may report the same model
 # name on hosts of different generations, so the name alone does not say which ran).
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                "amx_tile")
 
 
-def cpu_features() -> list[str]:
-    """Which of CPU_FEATURES /proc/cpuinfo lists (empty where there is no /proc/cpuinfo)."""
+def cpu_flags() -> set[str] | None:
+    """The flags /proc/cpuinfo lists for the first CPU; None where there is no /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [name for name in CPU_FEATURES if name in flags]
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        pass
-    return []
+        return None
+    return set()
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES /proc/cpuinfo lists (empty where there is no /proc/cpuinfo)."""
+    flags = cpu_flags() or set()
+    return [name for name in CPU_FEATURES if name in flags]
 
 
 def device_name(device: torch.device) -> str:

@@ -149,10 +149,10 @@ def test_cli_int8_errors_are_one_line(tmp_path, capsys):
 
 def test_a_cpu_without_vnni_is_saturation_prone_and_the_records_say_which_quantization_ran():
     from ds.export.quantize import saturation_prone, settings, settings_label
-    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
-    assert saturation_prone(avx2, "x86_64") and saturation_prone("", "x86_64")
-    assert not saturation_prone(avx2.replace("avx2", "avx2 avx512f avx512_vnni"), "x86_64")
-    assert not saturation_prone(avx2.replace("avx2", "avx2 avx_vnni"), "AMD64")
+    avx2 = {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert saturation_prone(avx2, "x86_64") and saturation_prone(set(), "x86_64")
+    assert not saturation_prone(avx2 | {"avx512f", "avx512_vnni"}, "x86_64")
+    assert not saturation_prone(avx2 | {"avx_vnni"}, "AMD64")
     assert not saturation_prone(avx2, "aarch64")                      # not x86: other kernels
     assert "reduce_range" in settings("onnxruntime", True)["weights"]
     assert "reduce_range" not in settings("onnxruntime", False)["weights"]

@@ -65,6 +65,7 @@ from torch import nn
 from ds.cost import image_size
 from ds.data import DataError, load_dataset, resize_images
 from ds.meta import info
+from ds.provenance import cpu_flags
 
 from . import (FORMATS, INPUT_NAME, ExportError, Exported, _require, export, merged_network, onnxruntime_session,
                openvino_bf16_supported, openvino_compiled, relative_error, to_onnx)
@@ -198,20 +199,15 @@ def openvino_float_layers() -> str:
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")   # /proc/cpuinfo flags of an int8 dot product without saturation
 
 
-def saturation_prone(cpuinfo: str | None = None, machine: str | None = None) -> bool:
-    """Whether this CPU's u8 x s8 int8 kernels saturate: an x86-64 CPU whose flags (`cpuinfo`, default
-    /proc/cpuinfo) list none of VNNI_FLAGS. An x86 CPU whose flags cannot be read counts as prone (the
-    fix costs little accuracy); other architectures do not."""
+def saturation_prone(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU's u8 x s8 int8 kernels saturate: an x86-64 CPU whose `flags` (default
+    /proc/cpuinfo's, ds.provenance.cpu_flags) hold none of VNNI_FLAGS. An x86 CPU whose flags cannot be
+    read counts as prone (the fix costs little accuracy); other architectures do not."""
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686"):
         return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[-1].split()}
-    return not flags & set(VNNI_FLAGS)
+    flags = cpu_flags() if flags is None else flags
+    return flags is None or not flags & set(VNNI_FLAGS)
 
 
 def _fix(saturation_fix: bool | None) -> bool:
