@@ -172,7 +172,9 @@ def plan_steps(dry_run: bool, work: Path, profile: dict | None = None) -> list[S
     """The steps before the study, in order. The dry run takes the same steps with a tiny network on
     the CPU; there it times the base, DS-A and DS-F in fp32 only (the roofline's CPU peak
     measurement in bf16/fp16 takes minutes), runs CUDA-graph and compile steps eagerly, and
-    measures the training speed of `profile`'s backbone on a few hundred images."""
+    measures the training speed of `profile`'s backbone on a few hundred images in fp32, as the tiny
+    study trains on a CPU (bf16 autocast on a CPU without bf16 instructions is emulated, many times
+    slower, and would size the study out of its budget)."""
     bench_dir = work / BENCH
     if dry_run:
         common = ["--model", "mobilenetv2_035", "--device", "cpu", "--input", "32", "--threads", "1",
@@ -180,12 +182,12 @@ def plan_steps(dry_run: bool, work: Path, profile: dict | None = None) -> list[S
         batch, sweep, patterns = "2", "1,2", "paper:DS-A,DS-F"
         dtype_map, mode_map = {"bf16,fp16": "fp32", "bf16": "fp32"}, {"cudagraph": "eager", "compile": "eager"}
         speed = ["--device", "cpu", "--threads", "1", "--backbone", (profile or {}).get("backbone", "mobilenetv2_035"),
-                 "--limit-train", "256", "--epochs", "2", "--batch-size", "64"]
+                 "--limit-train", "256", "--epochs", "2", "--batch-size", "64", "--amp", "off"]
     else:
         common = ["--model", "mobilenetv2_140", "--device", "cuda", "--input", "224"]
         batch, sweep, patterns, dtype_map, mode_map = "128", "1,16", "paper", {}, {}
         speed = ["--device", "cuda", "--backbone", ",".join(GPU_BACKBONES), "--limit-train", str(TRAIN_SPEED_IMAGES),
-                 "--epochs", str(TRAIN_SPEED_EPOCHS), "--batch-size", "256"]
+                 "--epochs", str(TRAIN_SPEED_EPOCHS), "--batch-size", "256", "--amp", "bf16"]
 
     def bench(name, batch, dtypes="fp32", layouts="nchw", mode="eager", chosen=None, min_time=None):
         def argv():
@@ -208,7 +210,7 @@ def plan_steps(dry_run: bool, work: Path, profile: dict | None = None) -> list[S
              bench("sweep-fast", sweep, "bf16", "channels_last", "cudagraph", min_time=SWEEP_MIN_TIME)),
         Step("train-speed", "ds.train images/s at 32 px, bf16, channels_last (sizes the study)",
              train_speed_estimate(len(GPU_BACKBONES), TRAIN_SPEED_IMAGES, TRAIN_SPEED_EPOCHS),
-             ["benchmarks/train_speed.py", *speed, "--amp", "bf16", "--channels-last", "1",
+             ["benchmarks/train_speed.py", *speed, "--channels-last", "1",
               "--out", str(work / TRAIN_SPEED)]),
         Step("compile", "torch.compile, bf16, channels_last, batch 128: the base and fast's fastest pattern",
              bench_estimate(2, 1, compile=True),
