@@ -412,3 +412,23 @@ def test_a_published_comparison_is_shown_before_the_runs_own_and_copied_into_the
     own.drop(columns=["top1"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="is not an observation table \\(no top1 column\\)"):
         with_published(observation, str(tmp_path / "bad.csv"), tmp_path / "x.csv")
+
+
+def test_the_provenance_line_names_chapters_run_on_cpus_with_other_instruction_sets(tmp_path):
+    import json
+
+    from ds.study.layout import RunLayout
+    layout = RunLayout(tmp_path / "run")
+    layout.root.mkdir(parents=True)
+    entry = {"profile": "cpu", "device": "CPU (AMD EPYC, 2 threads)", "date_utc": "2026-12-07 02:34 UTC",
+             "commit": "abc1234"}
+    vnni = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
+    same = {"01_observation": dict(entry, cpu_features=vnni), "04_merge": dict(entry, cpu_features=vnni)}
+    layout.provenance.write_text(json.dumps(same))
+    assert "instruction sets" not in book._provenance(layout)
+    mixed = dict(same, **{"05_throughput": dict(entry, cpu_features=["avx2", "fma"]), "02_search": entry})
+    layout.provenance.write_text(json.dumps(mixed))
+    line = book._provenance(layout)
+    assert "**the chapters ran on CPUs with different instruction sets**" in line
+    assert "avx2 fma avx512f avx512_vnni avx512_bf16 (01_observation, 04_merge)" in line
+    assert "avx2 fma (05_throughput)" in line and "not recorded (02_search)" in line

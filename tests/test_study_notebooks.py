@@ -61,6 +61,7 @@ def test_every_chapter_runs_and_writes_its_outputs(tiny_study):
     _check_int8(layout, merge, study)
     provenance = json.loads((tiny_study / "provenance.json").read_text())
     assert set(provenance) == set(CHAPTERS) and {p["profile"] for p in provenance.values()} == {"tiny"}
+    assert all(isinstance(p["cpu_features"], list) for p in provenance.values())   # what INT8 and bf16 ran on
 
 
 def _check_int8(layout, merge, study):

@@ -165,7 +165,22 @@ def _provenance(layout: RunLayout) -> str:
     dates = sorted(r["date_utc"] for r in record.values())
     commits = sorted({r.get("commit") or "unknown" for r in record.values()})
     return (f"profile **{', '.join(profiles)}**, commit {', '.join(commits)}, {'; '.join(devices)}, "
-            f"chapter starts (the last, when resumed) {dates[0]} to {dates[-1]}")
+            f"chapter starts (the last, when resumed) {dates[0]} to {dates[-1]}" + _features_note(record))
+
+
+def _features_note(record: dict) -> str:
+    """'' when every chapter recorded the same CPU instruction sets; else which chapters ran with which
+    (a VM may keep its model name on hosts of another generation, and INT8 and bf16 results depend on
+    them), the chapters without a record named as such."""
+    groups: dict[str, list[str]] = {}
+    for chapter, entry in record.items():
+        features = entry.get("cpu_features")
+        key = "not recorded" if features is None else (" ".join(features) or "none of those ds records")
+        groups.setdefault(key, []).append(chapter)
+    if len(groups) < 2:
+        return ""
+    return ("; **the chapters ran on CPUs with different instruction sets**: " + "; ".join(
+        f"{key} ({', '.join(chapters)})" for key, chapters in groups.items()))
 
 
 # What the paper claims, beside each answer (its ImageNet results for MobileNetV2-1.4; ds.paper).

@@ -23,7 +23,7 @@ from ds import data as ds_data
 from ds import gating
 from ds.loaders import DeviceLoader
 from ds.meta import info as net_info
-from ds.provenance import describe_device, git_commit, resolve_device
+from ds.provenance import cpu_features, describe_device, git_commit, resolve_device
 from ds.switches import switches
 from ds.train import CHECKPOINT, METRICS, TrainConfig, build_model, evaluate, fit, load_weights, model_state
 
@@ -148,7 +148,8 @@ def start(name: str, *, run_dir: str | Path, profile: str = "custom", device: st
     chapter = Chapter(name, layout.root, profile, dev, seed, now, workers=workers, threads=threads)
     record = json.loads(layout.provenance.read_text()) if layout.provenance.is_file() else {}
     record[name] = {"profile": profile, "device": describe_device(dev), "date_utc": now,
-                    "commit": git_commit()["short"], "torch": torch.__version__, "host": platform.node()}
+                    "commit": git_commit()["short"], "torch": torch.__version__, "host": platform.node(),
+                    "cpu_features": cpu_features()}   # the kernels a CPU runtime picks (INT8, bf16) depend on them
     layout.provenance.write_text(json.dumps(record, indent=1) + "\n")
     return chapter
 

@@ -1,7 +1,7 @@
 """What publishing a run leaves outside the book: its tables in data/results/ and, when small
-enough, its base network and its best merged searched network (gate or DP search) in data/checkpoints/, each with the run's
-provenance beside it (profile, commit, dates, device, and the file's sha256, which every reader
-checks) so a number can always be traced to its run.
+enough, its base network and its best merged searched network (gate or DP search) in
+data/checkpoints/, each with the run's provenance beside it (profile, commit, dates, device, and
+the file's sha256, which every reader checks) so a number can always be traced to its run.
 
     data/results/study_<profile>.csv          one row per network (chapter 5's study.csv)
     data/results/observation_<profile>.csv    one row per arm and seed (chapter 1's observation.csv)
