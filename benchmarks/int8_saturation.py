@@ -14,7 +14,6 @@ there), the date and the load average. On a VNNI CPU both ways should agree with
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,15 +25,15 @@ sys.path.insert(0, str(ROOT))
 import ds  # noqa: E402
 from ds.data import prepare  # noqa: E402
 from ds.export import to_onnx  # noqa: E402
-from ds.export.quantize import (EXTENSION, Int8Images, calibration_images, output_error, quantize,  # noqa: E402
-                                saturation_prone)
+from ds.export.quantize import calibration_images, saturation_prone  # noqa: E402
 from ds.provenance import cpu_name, utc_now  # noqa: E402
 from ds.study.chapter import loaders  # noqa: E402
-from ds.study.int8 import float_logits, int8_logits, test_arrays, top1  # noqa: E402
+from ds.study.int8 import float_logits, int8_row, test_arrays  # noqa: E402
 
 CHECKPOINTS = ROOT / "data" / "checkpoints" / "cpu"
 OUT = ROOT / "benchmarks" / "results" / "int8_saturation.csv"
 THREADS = 2
+SHOWN = ("pattern", "runtime", "saturation_fix", "top1_float", "top1_int8", "agreement", "rel_rms_error")
 
 
 def networks() -> dict:
@@ -48,30 +47,21 @@ def networks() -> dict:
 def main() -> int:
     torch.set_num_threads(THREADS)
     test = test_arrays(loaders(prepare("cifar10", None, 32), 250, torch.device("cpu"))[1])
-    calibration = Int8Images(calibration_images(32, 300, check_count=1).calibration, None)
+    calibration = calibration_images(32, 300, check_count=1).calibration
+    machine = {"cpu": cpu_name(), "cpu_saturation_prone": saturation_prone(), "threads": THREADS}
     rows = []
     for name, model in networks().items():
         with tempfile.TemporaryDirectory(prefix="ds-saturation-") as tmp:
             float_path = to_onnx(model, Path(tmp) / "float.onnx", 32)
             expected = float_logits(model, float_path, test[0], THREADS)
             for runtime in ("onnxruntime", "openvino"):
-                for fix in (False, True):
-                    start = time.perf_counter()
-                    q = quantize(model, runtime, Path(tmp) / f"q{fix}{EXTENSION[runtime]}", calibration,
-                                 float_path=float_path, saturation_fix=fix)
-                    actual = int8_logits(q.path, runtime, test[0], THREADS)
-                    errors = output_error(actual, expected)
-                    rows.append({"network": name, "runtime": runtime, "saturation_fix": fix, "quantization": q.label,
-                                 "test_images": len(test[1]), "top1_float": top1(expected, test[1]),
-                                 "top1_int8": top1(actual, test[1]), "agreement": errors["top1_agreement"],
-                                 "rel_rms_error": errors["rel_rms_error"], "seconds": time.perf_counter() - start,
-                                 "cpu": cpu_name(), "cpu_saturation_prone": saturation_prone(), "threads": THREADS,
-                                 "date_utc": utc_now(), "load_average": os.getloadavg()[0]})
-                    print({k: rows[-1][k] for k in ("network", "runtime", "saturation_fix", "top1_float", "top1_int8",
-                                                   "agreement", "rel_rms_error")}, flush=True)
-    frame = pd.DataFrame(rows)
-    frame["top1_change"] = frame["top1_int8"] - frame["top1_float"]
-    frame.to_csv(OUT, index=False, float_format="%.4f")
+                for fix in (False, True):   # chapter 4's row (ds.study.int8), quantized both ways
+                    row = int8_row(model, float_path, name, "published", runtime, calibration, test, expected,
+                                   THREADS, saturation_fix=fix)
+                    rows.append({**row, "saturation_fix": fix, **machine, "date_utc": utc_now(),
+                                 "load_average": os.getloadavg()[0]})
+                    print({k: rows[-1][k] for k in SHOWN}, flush=True)
+    pd.DataFrame(rows).to_csv(OUT, index=False, float_format="%.4f")
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 

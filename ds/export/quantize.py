@@ -236,7 +236,7 @@ def settings_label(runtime: str, calibration: ImageSet, saturation_fix: bool | N
         return (f"ORT QDQ static, per-channel s8 weights{' (7-bit: reduce_range)' if fix else ''}, u8 activations, "
                 f"MinMax; {calibration.label}")
     return (f"NNCF PTQ, preset performance, {'overflow fix on every layer, ' if fix else ''}float layers "
-            f"{settings(runtime, fix)['float_layers']}; {calibration.label}")
+            f"{openvino_float_layers()}; {calibration.label}")
 
 
 def _check_runtime(runtime: str) -> None:
@@ -434,6 +434,7 @@ def quantize(model: nn.Module, runtime: str, out_path, images: Int8Images, *, in
     written (skips the export). `input_size`: default the network's own. `saturation_fix`: None
     quantizes for this CPU (saturation_prone()), True/False forces it (see the module's docstring)."""
     _check_runtime(runtime)
+    fix = _fix(saturation_fix)   # this CPU's need, read once
     out_path = Path(out_path)
     if out_path.suffix != EXTENSION[runtime]:
         raise ExportError(f"{out_path}: an INT8 file for {runtime} is a {EXTENSION[runtime]} file; rename it")
@@ -443,7 +444,7 @@ def quantize(model: nn.Module, runtime: str, out_path, images: Int8Images, *, in
             if size is None:
                 raise ExportError("the network does not say its input size; pass input_size")
             float_path = to_onnx(model, Path(tmp) / "float.onnx", size, in_chans=images.calibration.images.shape[1])
-        quantize_file(float_path, runtime, out_path, images.calibration, saturation_fix)
+        quantize_file(float_path, runtime, out_path, images.calibration, fix)
     check = None
     if images.check is not None:
         try:
@@ -452,8 +453,8 @@ def quantize(model: nn.Module, runtime: str, out_path, images: Int8Images, *, in
             for written in (out_path, out_path.with_suffix(".bin")):
                 written.unlink(missing_ok=True)
             raise
-    return Quantized(out_path, runtime, dict(settings(runtime, saturation_fix), images=images.record()),
-                     settings_label(runtime, images.calibration, saturation_fix), check)
+    return Quantized(out_path, runtime, dict(settings(runtime, fix), images=images.record()),
+                     settings_label(runtime, images.calibration, fix), check)
 
 
 def export_int8(model: nn.Module, out, input_size=None, *, images: Int8Images | None = None,

@@ -121,14 +121,15 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 # ---------------------------------------------------------------- one row
 
 def int8_row(model, float_path, pattern: str, finetune: str, runtime: str, calibration: ImageSet, test,
-             expected: np.ndarray, threads: int | None) -> dict:
+             expected: np.ndarray, threads: int | None, saturation_fix: bool | None = None) -> dict:
     """Quantize `model` (its float ONNX file `float_path`) for `runtime` on `calibration` and
-    measure it on the test set `test` (batches, labels) against the float logits `expected`."""
+    measure it on the test set `test` (batches, labels) against the float logits `expected`.
+    `saturation_fix`: ds.export.quantize's (None: what this CPU needs)."""
     start = time.perf_counter()
     batches, labels = test
     with tempfile.TemporaryDirectory(prefix="ds-study-int8-") as tmp:
         q = quantize(model, runtime, Path(tmp) / f"model.int8{EXTENSION[runtime]}", Int8Images(calibration, None),
-                     threads=threads, float_path=float_path)
+                     threads=threads, float_path=float_path, saturation_fix=saturation_fix)
         quantized = time.perf_counter()
         actual = int8_logits(q.path, runtime, batches, threads)
     errors = output_error(actual, expected)
