@@ -62,7 +62,8 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
                "train acc (%)": last["train_acc"], "held-out (%)": last["holdout_acc"],
                "stops improving (epoch)": "" if running else plateau(curve["holdout_acc"], curve["holdout_se"]),
                "test top-1 (%)": f"{last['test_acc']:.2f} ± {last['test_se']:.2f}",
-               "against the base (points)": f"{-drop:+.2f} ± {se:.2f}"}
+               "against the base (points)": f"{-drop:+.2f} ± {se:.2f}",
+               "_change": -drop, "_se": se, "_running": running}   # "_": for the text, not shown in the table
         target = TARGETS.get(removed)
         verdict = ("not reached yet" if running else "met" if drop <= target else f"missed by {drop - target:.2f}")
         row["target (points)"] = "" if target is None else f"{target:.1f}: {verdict}"
@@ -74,8 +75,8 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
 
 def against_base(row: pd.Series) -> str:
     """'0.90 ± 0.50 points below the base' (or above it) from a summary row."""
-    change, se = row["against the base (points)"].split(" ± ")
-    return f"{abs(float(change)):.2f} ± {se} points {'above' if float(change) > 0 else 'below'} the base"
+    side = "above" if round(row["_change"], 2) > 0 else "below"
+    return f"{abs(row['_change']):.2f} ± {row['_se']:.2f} points {side} the base"
 
 
 def _chapter3(study: pd.DataFrame | None, pattern: str) -> float | None:
@@ -142,7 +143,7 @@ def results_lines(base_source: str | None, base: float, sweep: Path = SWEEP) -> 
     if table is None or not base_source or not (table["arg_init"] == base_source).all():
         return []
     rows = summary(table, base)
-    rows = rows[~rows["epochs"].str.contains("running")]
+    rows = rows[~rows["_running"]]
     if rows.empty:
         return []
     epochs = int(table["arg_epochs"].iloc[0])
@@ -155,7 +156,7 @@ def results_lines(base_source: str | None, base: float, sweep: Path = SWEEP) -> 
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    shown = frame.copy()
+    shown = frame.drop(columns=[c for c in frame.columns if c.startswith("_")])
     for column in ("train acc (%)", "held-out (%)"):
         shown[column] = shown[column].map(lambda v: f"{v:.2f}")
     header = "| " + " | ".join(shown.columns) + " |"
