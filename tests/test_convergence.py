@@ -32,7 +32,9 @@ def test_a_curve_stops_improving_where_no_later_epoch_is_separated_from_it():
 
 
 def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still_running():
-    study = pd.DataFrame({"pattern": ["dp-k6", "dp-k6"], "finetune": ["candidate", "distill"], "top1": [78.1, 83.11]})
+    study = convergence.published_chapter3(
+        pd.DataFrame({"pattern": ["dp-k6", "dp-k6"], "finetune": ["candidate", "distill"], "top1": [78.1, 83.11]}))
+    assert study == {"dp-k6": 83.11}                                # the distilled finetune, not chapter 2's candidate
     rows = convergence.summary(table(), 86.0, study).set_index("network")
     assert rows.loc["dp-k6", "target (points)"] == "2.0: met" and rows.loc["dp-k6", "epochs"] == "3"
     assert rows.loc["dp-k6", "against the base (points)"].startswith("-1.50 ± ")
@@ -46,7 +48,7 @@ def test_the_table_says_whether_each_network_meets_its_target_and_which_is_still
     finished = convergence.summary(table()[table()["epoch"] < 3].assign(arg_epochs=2), 86.0).set_index("network")
     assert finished.loc["DS-E", "target (points)"] == "2.0: missed by 9.00"
     text = "\n".join(convergence.lines(table(), 86.0, study, chapter3_epochs=6))
-    assert "for 6 epochs (its budget)" in text and "for 3 epochs from the same base" in text
+    assert "for 6 epochs (its budget)" in text and "runs the same recipe for 3 epochs from the same base" in text
     assert "chapter 3 (6 epochs): 83.11%" in text and "python -m ds.train --out runs/convergence/e-ds-e" in text
     assert "python benchmarks/convergence_sweep.py --stage 1\npython -m ds.study pages" in text
     assert "*Paper* (ImageNet" in text and "DS-E -3.10 to -0.87 points, 2.50x" in text and "dp-k6 -" not in text
@@ -88,3 +90,39 @@ def test_the_results_page_quotes_the_finished_long_finetunes_of_a_run_from_the_s
     assert convergence.results_lines("data/checkpoints/cpu/base.pt", 86.0, sweep) == []   # another base
     assert convergence.results_lines(None, 86.0, sweep) == []
     assert convergence.results_lines("data/checkpoints/cpu-observe/base.pt", 86.0, tmp_path / "none.csv") == []
+
+
+def test_chapter_3_shows_the_sweep_beside_its_own_finetune_of_the_same_pattern_matched_by_bits(tmp_path):
+    """Chapter 3's section: a sweep network is matched to the chapter's distilled finetune of the same
+    pattern whatever the names; one the chapter did not finetune is named; another base, no table."""
+    from types import SimpleNamespace
+
+    from ds.study.finetune import longer_finetune
+    from ds.study.layout import RunLayout
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import convergence_sweep
+    sweep = tmp_path / "sweep.csv"
+    patterns = {"dp-k6": convergence_sweep.DP_K6, "DS-E": "DS-E"}
+    table().assign(arg_pattern=table()["pattern_name"].map(patterns)).to_csv(sweep, index=False)
+    ch = SimpleNamespace(layout=RunLayout(tmp_path / "run"), backbone="mobilenetv2_035", num_classes=10, input_size=32)
+    ch.layout.base_metrics.parent.mkdir(parents=True)
+    base = pd.DataFrame({"epoch": [40], "test_acc": [86.0], "source": [ARGS["arg_init"]]})
+    base.to_csv(ch.layout.base_metrics, index=False)
+    bits = convergence_sweep.DP_K6.replace(",", "")
+    results = pd.DataFrame({"pattern": ["best-of-this-run", "best-of-this-run"], "distill": [False, True],
+                            "acc": [80.0, 83.11], "pattern_bits": [bits, bits]})
+    longer = longer_finetune(ch, str(sweep), results, 86.0, 6)
+    assert longer.shorter == {"dp-k6": 83.11}                      # the distilled one, under the sweep's name
+    assert "chapter 3 (6 epochs): 83.11%" in longer.text and "for 6 epochs (its budget)" in longer.text
+    assert "Not finetuned by this chapter (distilled): `DS-E`" in longer.text
+    assert "To rerun it" not in longer.text                        # the page's commands are not the chapter's
+    assert (ch.layout.chapter_dir("03_finetune") / "convergence_sweep.csv").is_file()   # the run's record
+    base.drop(columns="source").to_csv(ch.layout.base_metrics, index=False)
+    other = longer_finetune(ch, str(sweep), results, 86.0, 6)
+    assert other.table is None and "this run from a base it trained itself" in other.text
+    assert "not set" in longer_finetune(ch, None, results, 86.0, 6).text
+    with pytest.raises(FileNotFoundError, match="convergence_sweep .*none.csv does not exist"):
+        longer_finetune(ch, str(tmp_path / "none.csv"), results, 86.0, 6)
+    pd.DataFrame({"epoch": [1]}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ValueError, match="not a convergence sweep's table"):
+        longer_finetune(ch, str(tmp_path / "other.csv"), results, 86.0, 6)

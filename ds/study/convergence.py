@@ -5,7 +5,9 @@ The cpu profile's chapter 3 finetunes its final networks for the epochs its budg
 convergence sweep finetunes the same networks with the same recipe for longer, outside that budget;
 this section shows its curves, where each one stops improving on held-out training images, and how
 far the last epoch's test top-1 lies below the base, against the target at that number of removed
-blocks and beside chapter 3's shorter finetune of the same pattern (the published study table).
+blocks and beside chapter 3's shorter finetune of the same pattern (`shorter`: {network: top-1},
+from the published study table on the page, from the run's own table in chapter 3, which shows the
+same section without the rerun commands).
 """
 from __future__ import annotations
 
@@ -47,9 +49,18 @@ def plateau(holdout: pd.Series, se: pd.Series) -> int:
     return len(values)
 
 
-def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None) -> pd.DataFrame:
+def published_chapter3(study: pd.DataFrame | None) -> dict[str, float]:
+    """{pattern: test top-1} of chapter 3's distilled finetunes in a published study table
+    (data/results/study_<profile>.csv; its names are those of the run the sweep took its patterns from)."""
+    if study is None:
+        return {}
+    rows = study[study["finetune"] == "distill"]
+    return dict(zip(rows["pattern"], rows["top1"].astype(float)))
+
+
+def summary(table: pd.DataFrame, base: float, shorter: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per configuration: its last epoch against the base and the target, where it stops
-    improving, and chapter 3's shorter finetune of the same pattern (when `study` has it)."""
+    improving, and chapter 3's shorter finetune of the same pattern (`shorter`: {network: top-1})."""
     rows = []
     for name, curve in table.groupby("config", sort=False):
         curve = curve.sort_values("epoch")
@@ -67,8 +78,8 @@ def summary(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None)
         target = TARGETS.get(removed)
         verdict = ("not reached yet" if running else "met" if drop <= target else f"missed by {drop - target:.2f}")
         row["target (points)"] = "" if target is None else f"{target:.1f}: {verdict}"
-        shorter = _chapter3(study, last["pattern_name"])
-        row["chapter 3 (%)"] = "" if shorter is None else f"{shorter:.2f}"
+        short = (shorter or {}).get(last["pattern_name"])
+        row["chapter 3 (%)"] = "" if short is None else f"{short:.2f}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -79,44 +90,32 @@ def against_base(row: pd.Series) -> str:
     return f"{abs(row['_change']):.2f} ± {row['_se']:.2f} points {side} the base"
 
 
-def _chapter3(study: pd.DataFrame | None, pattern: str) -> float | None:
-    """Test top-1 of chapter 3's distilled finetune of `pattern` in the published study."""
-    if study is None:
-        return None
-    found = study[(study["pattern"] == pattern) & (study["finetune"] == "distill")]
-    return float(found["top1"].iloc[0]) if len(found) else None
-
-
-def lines(table: pd.DataFrame | None, base: float | None = None, study: pd.DataFrame | None = None,
-          chapter3_epochs: int | None = None) -> list[str]:
-    """`chapter3_epochs`: how long the cpu profile's chapter 3 finetunes (its `finetune_epochs`)."""
-    head = ["## Finetuning to convergence", ""]
-    if table is None or not len(table):
-        return head + ["No convergence run is published yet (`python benchmarks/convergence_sweep.py --stage 1` "
-                       "writes `benchmarks/results/convergence_sweep.csv`).", ""]
+def description(table: pd.DataFrame, base: float, chapter3_epochs: int | None = None) -> str:
+    """What the sweep ran, in one paragraph. `chapter3_epochs`: how long the cpu profile's chapter 3
+    finetunes (its `finetune_epochs`)."""
     first = table.iloc[0]
     train = 50_000 - int(first["arg_holdout"])
-    rows = summary(table, base, study)
-    text = (f"The `cpu` profile's chapter 3 finetunes its final networks for "
+    return (f"The `cpu` profile's chapter 3 finetunes its final networks for "
             f"{chapter3_epochs or 'the'} epochs{'' if chapter3_epochs else ' its budget allows'} (its budget). "
-            f"Here the same recipe runs for {int(first['arg_epochs'])} epochs "
+            f"The convergence sweep, a run of its own outside that budget, runs the same recipe for "
+            f"{int(first['arg_epochs'])} epochs "
             f"from the same base (`{first['arg_init']}`, {base:.2f}% test top-1): lr {first['arg_lr']}, "
             f"{first['arg_warmup_epochs']} epochs of warm-up, cosine to zero, distilled from the base, batch "
             f"{int(first['arg_batch_size'])}, on {train:,} training images with {int(first['arg_holdout']):,} held out; "
             f"every epoch is evaluated on the held-out images and on all {int(first['test_n']):,} test images "
             f"(`benchmarks/results/convergence_sweep.csv`, written by `python benchmarks/convergence_sweep.py`). "
             f"The test numbers are the last epoch's, never the best one's. One seed per network.")
-    out = head + [text, "",
-                  "```{figure} " + FIGURE, ":name: convergence-curves", "",
-                  "Test top-1 after every epoch of the long finetune (solid) and held-out top-1 (dotted), one "
-                  "colour per network; a cross is chapter 3's finetune of the same network, at the end of its "
-                  "shorter schedule (which decays to zero there); the grey line is the base network, the dashed "
-                  "red line the target (the base less the allowed drop).", "```", "",
-                  _markdown(rows), "",
-                  "*Stops improving*: the first epoch that no later epoch beats by more than two standard errors of "
-                  "the difference on the held-out images. *Against the base*: the last epoch's test top-1 less the "
-                  "base's (negative: below it), with the standard error of the difference (both measured once on the "
-                  "same test set).", ""]
+
+
+def reading(table: pd.DataFrame, base: float, shorter: dict[str, float] | None = None,
+            chapter3_epochs: int | None = None) -> list[str]:
+    """The sweep's table, how to read it, the paper's results beside, and one line per network."""
+    rows = summary(table, base, shorter)
+    out = [_markdown(rows), "",
+           "*Stops improving*: the first epoch that no later epoch beats by more than two standard errors of "
+           "the difference on the held-out images. *Against the base*: the last epoch's test top-1 less the "
+           "base's (negative: below it), with the standard error of the difference (both measured once on the "
+           "same test set).", ""]
     paper = [f"{name} {paper_result(name)}" for name in dict.fromkeys(rows["network"]) if name in PAPER_TOP1]
     if paper:
         out += [f"*Paper* (ImageNet, MobileNetV2-1.4, 180 finetuning epochs; top-1 change and V100 speed-up): "
@@ -126,6 +125,23 @@ def lines(table: pd.DataFrame | None, base: float | None = None, study: pd.DataF
                    f"{row['epochs']} epochs; target {row['target (points)'] or 'none'}"
                    + (f"; chapter 3 ({chapter3_epochs or 'fewer'} epochs): {row['chapter 3 (%)']}%."
                       if row["chapter 3 (%)"] else "."))
+    return out
+
+
+def lines(table: pd.DataFrame | None, base: float | None = None, shorter: dict[str, float] | None = None,
+          chapter3_epochs: int | None = None) -> list[str]:
+    """The page's section: what ran, its figure, its reading and how to rerun it."""
+    head = ["## Finetuning to convergence", ""]
+    if table is None or not len(table):
+        return head + ["No convergence run is published yet (`python benchmarks/convergence_sweep.py --stage 1` "
+                       "writes `benchmarks/results/convergence_sweep.csv`).", ""]
+    out = head + [description(table, base, chapter3_epochs), "",
+                  "```{figure} " + FIGURE, ":name: convergence-curves", "",
+                  "Test top-1 after every epoch of the long finetune (solid) and held-out top-1 (dotted), one "
+                  "colour per network; a cross is chapter 3's finetune of the same network, at the end of its "
+                  "shorter schedule (which decays to zero there); the grey line is the base network, the dashed "
+                  "red line the target (the base less the allowed drop).", "```", "",
+                  *reading(table, base, shorter, chapter3_epochs)]
     return out + ["", "To rerun it: the sweep runs what is missing and resumes an interrupted run (two configurations "
                   "can run side by side, one `--only NAME` each); then regenerate this page:", "",
                   "```bash", *[f"python benchmarks/convergence_sweep.py --stage {int(s)}" for s in
@@ -164,10 +180,11 @@ def _markdown(frame: pd.DataFrame) -> str:
                      + ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)])
 
 
-def figure(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None, chapter3_epochs: int | None = None):
+def figure(table: pd.DataFrame, base: float, shorter: dict[str, float] | None = None,
+           chapter3_epochs: int | None = None):
     """Test (solid) and held-out (dotted) top-1 per epoch, one colour per network, the base and
-    each count's target as lines; chapter 3's shorter finetune of the same network as a cross at
-    its last epoch, when `study` has it."""
+    each count's target as lines; chapter 3's shorter finetune of the same network (`shorter`) as a
+    cross at its last epoch."""
     fig, ax = plt.subplots(figsize=(7.2, 3.9))
     for i, (name, curve) in enumerate(table.groupby("config", sort=False)):
         curve = curve.sort_values("epoch")
@@ -175,10 +192,10 @@ def figure(table: pd.DataFrame, base: float, study: pd.DataFrame | None = None, 
         label = f"{curve['pattern_name'].iloc[0]} ({curve['test_acc'].iloc[-1]:.2f}% test)"
         ax.plot(curve["epoch"], curve["test_acc"], marker="o", ms=2.5, lw=1.3, color=colour, label=label)
         ax.plot(curve["epoch"], curve["holdout_acc"], ls=":", lw=1.0, color=colour)
-        shorter = _chapter3(study, curve["pattern_name"].iloc[0])
-        if shorter is not None and chapter3_epochs:
-            ax.plot([chapter3_epochs], [shorter], marker="x", ms=7, mew=1.5, ls="none", color=colour,
-                    label=f"chapter 3, {chapter3_epochs}-epoch schedule ({shorter:.2f}%)")
+        short = (shorter or {}).get(curve["pattern_name"].iloc[0])
+        if short is not None and chapter3_epochs:
+            ax.plot([chapter3_epochs], [short], marker="x", ms=7, mew=1.5, ls="none", color=colour,
+                    label=f"chapter 3, {chapter3_epochs}-epoch schedule ({short:.2f}%)")
     ax.axhline(base, color="grey", lw=0.8, label=f"base ({base:.2f}%)")
     for removed in sorted(set(table["removed_blocks"].astype(int)) & set(TARGETS)):
         ax.axhline(base - TARGETS[removed], color="tab:red", lw=0.8, ls="--",
@@ -200,10 +217,10 @@ def write(book_dir: Path, sweep: Path = SWEEP, study: Path = STUDY, results_dir:
     if table is None:
         return lines(None)
     base = base_top1(table["arg_init"].iloc[0], results_dir)
-    published = pd.read_csv(study) if Path(study).is_file() else None
+    shorter = published_chapter3(pd.read_csv(study) if Path(study).is_file() else None)
     (Path(book_dir) / "images").mkdir(exist_ok=True)
-    fig = figure(table, base, published, chapter3_epochs)
+    fig = figure(table, base, shorter, chapter3_epochs)
     fig.savefig(Path(book_dir) / FIGURE, dpi=110)
     plt.close(fig)
-    return lines(table, base, published, chapter3_epochs)
+    return lines(table, base, shorter, chapter3_epochs)
 

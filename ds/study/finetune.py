@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -15,6 +17,7 @@ import ds
 from ds.patterns import resolve_pattern
 from ds.train import METRICS, build_model
 
+from . import convergence
 from . import recovery as recipes
 from .chapter import Chapter, FromBase, Finetune, at_count, finetune_from_base, load_model, removed_blocks
 from .uncertainty import difference, gap, test_se
@@ -217,6 +220,60 @@ def distill_reading(results: pd.DataFrame) -> str:
         return (f"This run finetunes each network one way only ({ways}: the profile's `finetune_distill`), so it "
                 f"does not compare the two; the *Recovering accuracy* page compares them at equal budget.")
     return "\n".join(lines)
+
+
+@dataclass
+class Longer:
+    """The convergence sweep as chapter 3 shows it: its table (None: not shown, `text` says why),
+    chapter 3's top-1 of the sweep's networks it finetuned too ({sweep network: top-1}), the reading."""
+    table: pd.DataFrame | None
+    shorter: dict[str, float]
+    text: str
+
+
+def longer_finetune(ch: Chapter, sweep: str | None, results: pd.DataFrame, base_acc: float,
+                    epochs: int) -> Longer:
+    """The published convergence sweep (`sweep`: its table, e.g. benchmarks/results/convergence_sweep.csv;
+    None: not shown), the same recipe run longer outside the profile's budget, beside this chapter's
+    `epochs`-epoch finetunes (`results`). Shown only when it started from this run's base (the
+    checkpoint the run adopted); a sweep network is matched to this chapter's distilled finetune of
+    the same pattern (by its bits, not its name: another run's search may give a name another
+    pattern). The table is copied into the run directory, the run's record of what it showed."""
+    if not sweep:
+        return Longer(None, {}, "No longer finetune is shown beside this chapter's (`convergence_sweep` is not set).")
+    path = Path(sweep)
+    if not path.is_file():
+        raise FileNotFoundError(f"convergence_sweep {sweep} does not exist: run benchmarks/convergence_sweep.py, "
+                                f"which writes it, or set convergence_sweep: null")
+    table = pd.read_csv(path)
+    missing = {"config", "pattern_name", "arg_pattern", "arg_init", "epoch", "test_acc"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{sweep} is not a convergence sweep's table (no {', '.join(sorted(missing))} column)")
+    base = pd.read_csv(ch.layout.base_metrics)
+    source = base["source"].iloc[-1] if "source" in base else None
+    inits = sorted(set(table["arg_init"]))
+    if inits != [source]:
+        return Longer(None, {}, f"The convergence sweep (`{sweep}`) started from {', '.join(f'`{i}`' for i in inits)}, "
+                                f"this run from {f'`{source}`' if source else 'a base it trained itself'}: its curves "
+                                f"do not answer for this run's networks, so they are not shown.")
+    copy = ch.layout.chapter_dir("03_finetune") / "convergence_sweep.csv"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(copy, index=False)
+    model = build_model(ch.backbone, ch.num_classes, ch.input_size)
+    length = len(ds.switches(model))
+    own = {str(r.pattern_bits): float(r.acc) for r in results.itertuples() if r.distill}
+    shorter, others = {}, []
+    for name, pattern in table.groupby("pattern_name", sort=False)["arg_pattern"].first().items():
+        bits = "".join(map(str, resolve_pattern(model, str(pattern), length)))
+        if bits in own:
+            shorter[name] = own[bits]
+        else:
+            others.append(name)
+    text = [convergence.description(table, base_acc, epochs), "", *convergence.reading(table, base_acc, shorter, epochs)]
+    if others:
+        text += ["", f"Not finetuned by this chapter (distilled): {', '.join(f'`{n}`' for n in others)}; "
+                     f"the sweep's curve answers for that pattern, not for a network of this chapter."]
+    return Longer(table, shorter, "\n".join(text))
 
 
 FINETUNES = ("distill", "plain", "candidate")   # which finetune of a pattern stands for it, best first

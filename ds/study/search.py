@@ -294,17 +294,23 @@ def finetune_candidates(ch: Chapter, base, candidates: dict[str, list[int]], bud
     `ch.workers` > 1 finetunes that many side by side (ds.study.workers); the table keeps the
     candidates' order. A candidate with the same pattern as another (e.g. a search whose latency
     term changed nothing) gets a copy of that one's network: same pattern, seed and data give the
-    same training."""
+    same training. A row of an earlier attempt counts as done only while its name still stands for
+    the same pattern (read_rows keeps pattern_bits a string)."""
     removable = len(gating.searchable_switches(base))
     recovery = recipes.check(recovery)
     train_indices, _ = dpsearch.holdout_split(len(ch.train_loader.labels), holdout_images, ch.seed)
     shared = FromBase.of(ch, ch.train_loader.subset(train_indices), held_out(ch, holdout_images))
     path = ch.layout.candidates_csv
-    rows = read_rows(path)
     budget_of = {name: budget for budget in budgets for name, pattern in candidates.items()
                  if removed_blocks(base, pattern) == removable - budget}
     order = list(budget_of)   # budget by budget, as `candidates` lists them
     bits = {name: "".join(map(str, candidates[name])) for name in order}
+    rows = []
+    for row in read_rows(path):   # a name whose pattern changed (a rerun search chose another) is trained again
+        if bits.get(row["pattern"], str(row["pattern_bits"])) == str(row["pattern_bits"]):
+            rows.append(row)
+        else:
+            shutil.rmtree(ch.layout.candidate_dir(row["pattern"]), ignore_errors=True)
     done, trained = {r["pattern"] for r in rows}, {str(r["pattern_bits"]) for r in rows}
     jobs, twins = [], []
     for name in order:
