@@ -322,6 +322,19 @@ def append_row(path: Path, rows: list[dict], row: dict) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+def read_published(parameter: str, value: str, columns: set[str], what: str, fix: str) -> pd.DataFrame:
+    """The table a profile parameter names (`parameter`: `value`) for a chapter to show beside its own:
+    a one-line error when the file does not exist (`fix`: what makes it) or lacks a column of `what`."""
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"{parameter} {value} does not exist: {fix} or set {parameter}: null")
+    table = pd.read_csv(path)
+    missing = columns - set(table.columns)
+    if missing:
+        raise ValueError(f"{value} is not {what} (no {', '.join(sorted(missing))} column)")
+    return table
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows a chapter's table already holds (none when it is not there yet)."""
     return pd.read_csv(path, dtype={"pattern_bits": str}).to_dict("records") if path.is_file() else []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -19,7 +18,8 @@ from ds.train import METRICS, build_model
 
 from . import convergence
 from . import recovery as recipes
-from .chapter import Chapter, FromBase, Finetune, at_count, finetune_from_base, load_model, removed_blocks
+from .chapter import (Chapter, FromBase, Finetune, at_count, finetune_from_base, load_model, read_published,
+                      removed_blocks)
 from .uncertainty import difference, gap, test_se
 from .workers import side_by_side
 
@@ -241,14 +241,9 @@ def longer_finetune(ch: Chapter, sweep: str | None, results: pd.DataFrame, base_
     pattern). The table is copied into the run directory, the run's record of what it showed."""
     if not sweep:
         return Longer(None, {}, "No longer finetune is shown beside this chapter's (`convergence_sweep` is not set).")
-    path = Path(sweep)
-    if not path.is_file():
-        raise FileNotFoundError(f"convergence_sweep {sweep} does not exist: run benchmarks/convergence_sweep.py, "
-                                f"which writes it, or set convergence_sweep: null")
-    table = pd.read_csv(path)
-    missing = {"config", "pattern_name", "arg_pattern", "arg_init", "epoch", "test_acc"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{sweep} is not a convergence sweep's table (no {', '.join(sorted(missing))} column)")
+    table = read_published("convergence_sweep", sweep, {"config", "pattern_name", "arg_pattern", "arg_init", "epoch",
+                                                        "test_acc"}, "a convergence sweep's table",
+                           "run benchmarks/convergence_sweep.py, which writes it,")
     base = pd.read_csv(ch.layout.base_metrics)
     source = base["source"].iloc[-1] if "source" in base else None
     inits = sorted(set(table["arg_init"]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,8 +20,8 @@ from ds.patterns import resolve_pattern
 from ds.train import TrainConfig, build_model, evaluate, fit, load_checkpoint, save_checkpoint
 
 from . import recovery as recipes
-from .chapter import (Chapter, all_ones, append_row, epoch_log, load_base, load_model, loaders, read_rows,
-                      removed_blocks, train)
+from .chapter import (Chapter, all_ones, append_row, epoch_log, load_base, load_model, loaders, read_published,
+                      read_rows, removed_blocks, train)
 from .uncertainty import difference
 
 
@@ -154,14 +153,8 @@ def with_published(observation: Observation, published: str | None, out) -> Obse
     is copied to `out` (the run's record of what it showed). None: unchanged."""
     if not published:
         return observation
-    path = Path(published)
-    if not path.is_file():
-        raise FileNotFoundError(f"full_scale_observation {published} does not exist: publish the profile that makes "
-                                f"it (make publish PROFILE=...) or set full_scale_observation: null")
-    table = pd.read_csv(path)
-    missing = {"setting", "arm", "seed", "top1", "epochs", "test_images"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{published} is not an observation table (no {', '.join(sorted(missing))} column)")
+    table = read_published("full_scale_observation", published, {"setting", "arm", "seed", "top1", "epochs", "test_images"},
+                           "an observation table", "publish the profile that makes it (make publish PROFILE=...)")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     return dataclasses.replace(observation, table=beside_published(observation.table, table))
