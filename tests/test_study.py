@@ -190,8 +190,10 @@ def test_targets_and_convergence_are_read_with_their_uncertainty():
                             "acc": [85.2, 82.0], "test_images": [10_000, 10_000]})
     text = target_reading(results, 85.65, {"DS-A": 1.0, "DS-E": 2.0, "DS-F": 3.0}, {"DS-A": 6, "DS-E": 11})
     assert "**dp-k11** (distilled, 6 blocks removed, target: within 1 points of the base, as DS-A): 85.20%, " \
-           "+0.45 points below the base +- 0.50 (**met**)." in text
-    assert "82.00%, +3.65 points below the base" in text and "(**missed** by 1.65 points)" in text
+           "0.45 points below the base +- 0.50 (**met**)." in text
+    assert "82.00%, 3.65 points below the base" in text and "(**missed** by 1.65 points)" in text
+    above = target_reading(results.assign(acc=[86.0, 82.0]), 85.65, {"DS-A": 1.0}, {"DS-A": 6})
+    assert "86.00%, 0.35 points above the base +- 0.49 (**met**)." in above
     assert "**DS-F's count**: no network of this run removes as many blocks" in text
     rising = pd.DataFrame({"test_acc": [70.0, 75.0, 78.0, 80.0]})
     flat = pd.DataFrame({"test_acc": [70.0, 80.0, 80.1, 80.2]})

@@ -178,7 +178,8 @@ def target_reading(results: pd.DataFrame, base_acc: float, targets: dict, paper_
             drop, se = gap(base_acc, row.acc, int(row.test_images))
             kind = "distilled" if row.distill else "plain"
             lines.append(f"- **{row.pattern}** ({kind}, {removed} blocks removed, target: within {allowed:g} points "
-                         f"of the base, as {name}): {row.acc:.2f}%, {drop:+.2f} points below the base +- {se:.2f} "
+                         f"of the base, as {name}): {row.acc:.2f}%, {abs(drop):.2f} points "
+                         f"{'below' if drop >= 0 else 'above'} the base +- {se:.2f} "
                          + ("(**met**)." if drop <= allowed else f"(**missed** by {drop - allowed:.2f} points)."))
     return "\n".join(lines)
 
