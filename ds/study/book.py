@@ -23,7 +23,7 @@ from . import convergence, headline
 from .diagram import block_merge_svg
 from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
                      REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, published_base_curve,
-                     relative_to_repo)
+                     relative_to_repo, adopted_from)
 from .profiles import chapter_parameters, load_profile, profile_chapters, read_profiles
 from .finetune import distill_reading
 from .int8 import int8_summary
@@ -284,7 +284,7 @@ def results_page(layout: RunLayout, results_dir: Path = RESULTS_DIR, title: str 
     if layout.base_metrics.is_file():
         base = pd.read_csv(layout.base_metrics)
         lines += [base_line(base), ""]
-        base_source = base["source"].iloc[-1] if "source" in base else None   # an adopted base's checkpoint
+        base_source = adopted_from(base)
     lines += (_kept_lines(layout, figure_dir, base_source, sweep) + ["## The answers", ""] + _answers(layout)
               + gpu_section(results_dir))
     if layout.study_csv.is_file():

@@ -20,6 +20,7 @@ from . import convergence
 from . import recovery as recipes
 from .chapter import (Chapter, FromBase, Finetune, at_count, finetune_from_base, load_model, read_published,
                       removed_blocks)
+from .layout import adopted_from
 from .uncertainty import difference, gap, test_se
 from .workers import side_by_side
 
@@ -245,8 +246,7 @@ def longer_finetune(ch: Chapter, sweep: str | None, results: pd.DataFrame, base_
     table = read_published("convergence_sweep", sweep, {"config", "pattern_name", "arg_pattern", "arg_init", "epoch",
                                                         "test_acc"}, "a convergence sweep's table",
                            "run benchmarks/convergence_sweep.py, which writes it,")
-    base = pd.read_csv(ch.layout.base_metrics)
-    source = base["source"].iloc[-1] if "source" in base else None
+    source = adopted_from(pd.read_csv(ch.layout.base_metrics))
     inits = sorted(set(table["arg_init"]))
     if inits != [source]:
         return Longer(None, {}, f"The convergence sweep (`{sweep}`) started from {', '.join(f'`{i}`' for i in inits)}, "

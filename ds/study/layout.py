@@ -48,6 +48,12 @@ def notebook_source(chapter: str, notebooks: Path = NOTEBOOKS) -> Path:
     return Path(notebooks) / f"{chapter}.ipynb"
 
 
+def adopted_from(base_metrics) -> str | None:
+    """The published checkpoint a run adopted as its base (the `source` of its base_metrics.csv, a
+    DataFrame here), None for a base the run trained itself."""
+    return base_metrics["source"].iloc[-1] if "source" in base_metrics else None
+
+
 def published_base_curve(checkpoint: str | Path, results_dir: Path = RESULTS_DIR) -> tuple[str, Path]:
     """The profile that trained the published base network `checkpoint`
     (data/checkpoints/<profile>/base.pt) and its training curve, data/results/base_metrics_<profile>.csv;
