@@ -269,9 +269,12 @@ def _quiet():
             log.setLevel(level)
 
 
-def quantize_onnx(onnx_path, out_path, calibration: ImageSet, saturation_fix: bool | None = None) -> Path:
+def quantize_onnx(onnx_path, out_path, calibration: ImageSet, saturation_fix: bool | None = None,
+                  uint8_weights: bool = False) -> Path:
     """ONNX Runtime static QDQ quantization (settings('onnxruntime')) of the float ONNX file; with the
-    saturation fix, 7-bit weights (reduce_range)."""
+    saturation fix, 7-bit weights (reduce_range). `uint8_weights`: uint8 weights at their full range
+    instead (ONNX Runtime's u8 x u8 kernels, its other remedy for saturation; ds does not choose it,
+    benchmarks/int8_saturation.py measures it)."""
     _require("onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -290,8 +293,9 @@ def quantize_onnx(onnx_path, out_path, calibration: ImageSet, saturation_fix: bo
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(onnx_path), str(prepared))
         quantize_static(str(prepared), str(out_path), Reader(calibration.images), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        reduce_range=_fix(saturation_fix))
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QUInt8 if uint8_weights else QuantType.QInt8,
+                        reduce_range=not uint8_weights and _fix(saturation_fix))
     return out_path
 
 
