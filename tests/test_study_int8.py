@@ -192,3 +192,17 @@ def test_chapter_5_calibrates_its_int8_settings_as_chapter_4_did():
     assert images.calibration.identity["count"] == images.check.identity["count"] == 6
     assert images.calibration.identity["seed"] == 3 and images.calibration.identity["dataset"] == "cifar10"
     assert images.calibration.images.shape == (6, 3, 16, 16)
+
+
+def test_the_reading_says_when_the_saturation_fix_ran_and_in_which_runtime():
+    from ds.export.quantize import image_set, settings_label
+    images = image_set(np.zeros((2, 3, 4, 4), np.float32), "noise")
+    table = _good()
+    for fix in (False, True):
+        table["quantization"] = [settings_label(rt, images, fix) for rt in table["runtime"]]
+        note = int8.saturation_note(table)
+        assert bool(note) == fix and (note in int8_reading(table)) and (note in int8_summary(table))
+    assert note.startswith("Quantized with the saturation fix in onnxruntime and openvino: the CPU that ran")
+    table["quantization"] = [settings_label(rt, images, rt == "openvino") for rt in table["runtime"]]
+    assert int8.saturation_note(table).startswith("Quantized with the saturation fix in openvino:")
+    assert int8.saturation_note(_good()) == ""                       # an older table without the column

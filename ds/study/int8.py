@@ -296,7 +296,8 @@ def int8_reading(table: pd.DataFrame) -> str:
              f"{int(table['calibration_images'].iloc[0])} training images (seed {int(table['calibration_seed'].iloc[0])}). "
              f"A top-1 near {reference:.1f}% on {n:,} images has a standard error of "
              f"{test_se(reference, n):.2f} points; the INT8 change is measured on the same images, so its own "
-             f"standard error is at most 100 sqrt(disagreement / n) points (the ± below), usually far less.", ""]
+             f"standard error is at most 100 sqrt(disagreement / n) points (the ± below), usually far less."
+             + (f" {saturation_note(table)}" if saturation_note(table) else ""), ""]
     for runtime, group in table.groupby("runtime", sort=False):
         lines += _runtime_lines(runtime, group)
     why = agreement_reading(table)
@@ -320,6 +321,25 @@ def int8_reading(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# What ds.export.quantize's settings_label writes when a file was made with the saturation fix.
+SATURATION_FIX_MARKS = ("reduce_range", "overflow fix on every layer")
+
+
+def saturation_note(table: pd.DataFrame) -> str:
+    """'' unless some of the table's files were quantized with ds.export.quantize's saturation fix
+    (as on a CPU without VNNI); then one sentence naming the runtimes and what the fix costs."""
+    if "quantization" not in table:
+        return ""
+    fixed = table["quantization"].astype(str).apply(lambda label: any(m in label for m in SATURATION_FIX_MARKS))
+    runtimes = list(dict.fromkeys(table.loc[fixed, "runtime"]))
+    if not runtimes:
+        return ""
+    return (f"Quantized with the saturation fix in {' and '.join(runtimes)}: the CPU that ran this chapter has no "
+            "VNNI, so its u8 x s8 int8 kernels add pairs of products in 16 bits, which saturate; ds then gives "
+            "ONNX Runtime 7-bit weights and NNCF its overflow fix on every layer, and that costs precision a CPU "
+            "with VNNI keeps (`benchmarks/int8_saturation.py` measures the ways on the published networks).")
+
+
 def int8_summary(table: pd.DataFrame) -> str | None:
     """One sentence for the results page: per runtime, how many networks meet both targets."""
     if table is None or not len(table):
@@ -327,9 +347,10 @@ def int8_summary(table: pd.DataFrame) -> str | None:
     table = meets_targets(table)
     parts = [f"{runtime}: {int((g['top1_ok'] & g['agreement_ok']).sum())} of {len(g)}"
              for runtime, g in table.groupby("runtime", sort=False)]
+    note = saturation_note(table)
     return (f"In INT8 (chapter 4, all {int(table['test_images'].iloc[0]):,} test images), networks within "
             f"{TARGET_TOP1_CHANGE:g} points of their float top-1 with agreement at least {TARGET_AGREEMENT:.0%}: "
-            + ", ".join(parts) + ".")
+            + ", ".join(parts) + "." + (f" {note}" if note else ""))
 
 
 def int8_view(table: pd.DataFrame) -> pd.DataFrame:
