@@ -196,3 +196,45 @@ def test_runtime_table_is_tidy_and_names_the_best_base():
     assert len(best) == 1 and best["img_s_median"].iloc[0] == frame[frame["pattern"] == "base"]["img_s_median"].max()
     assert frame["speedup_over_best_base"].max() == pytest.approx(
         frame["img_s_median"].max() / best["img_s_median"].iloc[0])
+
+
+def _refusing(*refused: nn.Module):
+    """A stand-in for ds.bench.runtimes.prepare whose INT8 file fails the check for the `refused`
+    networks (as ds.export.quantize.quantize raises) and times a no-op for any other."""
+    from ds.export import ExportError
+
+    def prepare(runtime, model, x, threads, dtype, workdir, name, images=None):
+        if any(model is r for r in refused):
+            raise ExportError(f"{name}.int8.onnx in {runtime} (int8) differs from the float network: relative RMS "
+                              "error 0.263 exceeds 0.25")
+        return (lambda: None), None
+    return prepare
+
+
+def test_a_network_whose_int8_file_fails_the_check_is_left_out_with_a_warning(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from ds.bench import timing
+    models = {"base": tiny(), "DS-E": tiny(), "DS-A": tiny()}
+    monkeypatch.setattr(timing, "prepare_runtime", _refusing(models["DS-E"]))
+    with pytest.warns(UserWarning, match=r"onnxruntime int8 not measured for DS-E at input 16: .*exceeds 0.25"):
+        results = measure(models, 16, 2, "cpu", "int8", runtime="onnxruntime", images=object(), **FAST)
+    assert set(results) == {"base", "DS-A"}
+    monkeypatch.setattr(timing, "prepare_runtime", _refusing(*models.values()))
+    with pytest.warns(UserWarning), pytest.raises(BenchError, match="no network's INT8 file passed the check"):
+        measure(models, 16, 2, "cpu", "int8", runtime="onnxruntime", images=object(), **FAST)
+
+
+def test_an_int8_setting_whose_base_is_refused_is_left_out_and_the_others_measured(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from ds.bench import compare, timing
+    models = {"base": tiny(), "DS-E": tiny()}
+    monkeypatch.setattr(timing, "prepare_runtime", _refusing(models["base"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = compare.runtime_table(models, 16, 2, runtimes="torch,onnxruntime:int8",
+                                      threads=(1,), layouts=("nchw",), images=object(), repeats=5, warmup=1,
+                                      min_time=0.002)
+    assert set(frame["runtime"]) == {"torch"} and set(frame["pattern"]) == {"base", "DS-E"}
+    messages = [str(w.message) for w in caught]
+    assert any("onnxruntime int8 nchw" in m and "not measured: the base network's INT8 file failed the check" in m
+               for m in messages), messages

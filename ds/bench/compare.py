@@ -198,6 +198,9 @@ def measure_settings(models: Mapping[str, nn.Module], input_size, settings: list
                           repeats=repeats, warmup=warmup, min_time=min_time, iters=iters,
                           threads=setting.threads, compile_mode=compile_mode, seed=seed,
                           runtime=setting.runtime, images=images, on_repeat=on_repeat)
+        if base not in results:   # its INT8 file failed the check (measure warned): no speed-up to give
+            warnings.warn(f"{setting.label} not measured: the base network's INT8 file failed the check", stacklevel=2)
+            continue
         peaks[key] = peaks[key].best(measure_peaks(dev, setting.dtype, threads=setting.threads,
                                                    runtime=setting.runtime, min_time=peak_time))
         load_end = os.getloadavg()

@@ -25,6 +25,7 @@ from torch import nn
 
 from ds.cost import image_size
 
+from ds.export import ExportError
 from ds.provenance import device_name, resolve_device
 
 from .runtimes import MODES as RUNTIME_MODES
@@ -214,7 +215,9 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
     that runtime with `threads` intra-op threads (ds.bench.runtimes); layout and mode are then
     the runtime's own (NCHW input) and must be left at their defaults. `dtype` 'int8' (those two
     runtimes only) times each model quantized by ds.export.quantize, calibrated and checked on
-    `images` (an Int8Images; default: ds.export.quantize.calibration_images at `input_size`).
+    `images` (an Int8Images; default: ds.export.quantize.calibration_images at `input_size`). A
+    network whose INT8 file fails that check (ds.export would refuse to deploy it) is not timed: a
+    warning names it and the check's error, and the result has no entry for it; the others are timed.
     """
     if not models:
         raise BenchError("no models to measure")
@@ -265,16 +268,24 @@ def measure(models: Mapping[str, nn.Module], input_size, batch: int, device,
                 net = copy.deepcopy(model).eval().to(device=dev, dtype=dt, memory_format=memory_format)
                 step = prepare_step(net, x, ran_mode, compile_mode, graph_pool)
             else:
-                step, quantized[name] = prepare_runtime(runtime, model, x, n_threads, precision, workdir,
-                                                        f"model{index}", images)
+                try:
+                    step, quantized[name] = prepare_runtime(runtime, model, x, n_threads, precision, workdir,
+                                                            f"model{index}", images)
+                except ExportError as e:
+                    if not int8:
+                        raise
+                    warnings.warn(f"{runtime} int8 not measured for {name} at input {input_size}: {e}", stacklevel=2)
+                    continue
             steps[name] = step
             for _ in range(max(1, warmup)):
                 step()
             synchronize(dev)
             loop_iters[name] = iters or calibrate_iters(step, min_time, dev)
 
-        img_s = {name: [] for name in models}
-        names = list(models)
+        if not steps:
+            raise BenchError(f"{runtime} int8: no network's INT8 file passed the check (see the warnings)")
+        img_s = {name: [] for name in steps}
+        names = list(steps)
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 seconds = time_loop(steps[name], loop_iters[name], dev)
