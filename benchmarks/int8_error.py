@@ -8,9 +8,10 @@ Each network is quantized by ds.export.quantize for ONNX Runtime (QDQ, per-chann
 the next images of the same permutation (never test images). "ok" is the calibration ds uses;
 "x50" and "x0.02" calibrate on the same images scaled by 50 (ranges far too wide: coarse steps)
 and by 1/50 (ranges far too narrow: clipping): what a calibration set normalized unlike the
-training input does. Networks: the published cpu study's trained base and merged searched-k11
-(32 px), random-weight merged networks (seed 0) at 32 px and 224 px, and the tests' setting:
-random-weight mobilenetv2_035 at 16 px on ds.data's synthetic images (dataset "fake").
+training input does. Networks: the published cpu study's trained base and merged searched network
+(32 px; searched-k11 when benchmarks/int8_error.txt was measured), random-weight merged networks
+(seed 0) at 32 px and 224 px, and the tests' setting: random-weight mobilenetv2_035 at 16 px on
+ds.data's synthetic images (dataset "fake").
 """
 import os
 import sys

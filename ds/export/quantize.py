@@ -80,7 +80,7 @@ EXTENSION = {"onnxruntime": ".onnx", "openvino": ".xml"}
 # network. Measured by benchmarks/int8_error.py (its output: benchmarks/int8_error.txt; the project's
 # 2-core AMD EPYC VM with AVX-512 VNNI and BF16, 2026-12-01 14:41-14:48 UTC, machine shared, load
 # average 5.1 to 5.8; both runtimes, OpenVINO's float layers in bf16): correctly calibrated files stay
-# at or below 0.097 for the trained networks (the published cpu base and merged searched-k11, 32 px,
+# at or below 0.097 for the trained networks (the cpu base and merged searched-k11 published then, 32 px,
 # 300 + 300 CIFAR-10 training images), 0.12 for random-weight ones at 32 and 224 px, and 0.17 for the
 # tests' random-weight mobilenetv2_035 at 16 px on synthetic images. Calibrated on images whose ranges
 # are wrong (scaled by 50 or by 1/50), the trained networks reach 0.36 to 1.23, the tests' base 0.27
