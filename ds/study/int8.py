@@ -290,6 +290,7 @@ def int8_reading(table: pd.DataFrame) -> str:
         return "INT8 was not measured in this run (`int8_calibration_images` is 0, or no INT8 runtime is installed)."
     table = meets_targets(table)
     n = int(table["test_images"].iloc[0])
+    note = saturation_note(table)
     base = table[table["pattern"] == "base"]
     reference = float(base["top1_float"].iloc[0] if len(base) else table["top1_float"].mean())
     lines = [f"Every network quantized to INT8 and measured on all {n:,} test images, calibrated on "
@@ -297,7 +298,7 @@ def int8_reading(table: pd.DataFrame) -> str:
              f"A top-1 near {reference:.1f}% on {n:,} images has a standard error of "
              f"{test_se(reference, n):.2f} points; the INT8 change is measured on the same images, so its own "
              f"standard error is at most 100 sqrt(disagreement / n) points (the ± below), usually far less."
-             + (f" {saturation_note(table)}" if saturation_note(table) else ""), ""]
+             + (f" {note}" if note else ""), ""]
     for runtime, group in table.groupby("runtime", sort=False):
         lines += _runtime_lines(runtime, group)
     why = agreement_reading(table)
