@@ -439,3 +439,23 @@ def test_the_provenance_line_names_chapters_run_on_cpus_with_other_instruction_s
     assert "**the chapters ran on CPUs with different instruction sets**" in line
     assert "avx2 fma avx512f avx512_vnni avx512_bf16 (01_observation, 04_merge)" in line
     assert "avx2 fma (05_throughput)" in line and "not recorded (02_search)" in line
+
+
+def test_published_copies_drop_the_checkout_that_executed_them(tmp_path):
+    """A run executed in another checkout (a worktree) and published from this one: papermill's
+    record names the other checkout's notebooks/ and run directory; neither stays in the copy."""
+    from ds.study.layout import RunLayout
+    elsewhere = tmp_path / "other-checkout"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(1)")]
+    nb.metadata["papermill"] = {"input_path": str(elsewhere / "notebooks" / "02_search.ipynb"),
+                                "output_path": str(elsewhere / "runs" / "cpu" / "02_search.ipynb"),
+                                "parameters": {"run_dir": "runs/cpu"}}
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text=f"read {elsewhere}/data/x.csv\n")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    book.hide_parameter_cells(tmp_path / "in.ipynb", tmp_path / "out.ipynb", RunLayout(tmp_path / "runs" / "cpu"))
+    text = (tmp_path / "out.ipynb").read_text()
+    assert str(tmp_path) not in text
+    record = nbformat.read(tmp_path / "out.ipynb", as_version=4).metadata["papermill"]
+    assert (record["input_path"], record["output_path"]) == ("notebooks/02_search.ipynb", "runs/cpu/02_search.ipynb")
+    assert "read data/x.csv" in text

@@ -21,9 +21,9 @@ from ds.paper import PAPER_TOP1, PAPER_V100_REPORTED_SPEEDUP
 
 from . import convergence, headline
 from .diagram import block_merge_svg
-from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, RECIPE_PAGE, RECOVERY_PAGE, REPO_ROOT,
-                     REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source, published_base_curve,
-                     relative_to_repo, adopted_from)
+from .layout import (BOOK, BOOK_CHAPTERS, BOOK_SOURCES, CHAPTERS, GPU_PAGES, NOTEBOOKS, RECIPE_PAGE, RECOVERY_PAGE,
+                     REPO_ROOT, REPRODUCE_PAGE, RESULTS_DIR, RESULTS_PAGE, RunLayout, notebook_source,
+                     published_base_curve, relative_to_repo, adopted_from)
 from .profiles import chapter_parameters, load_profile, profile_chapters, read_profiles
 from .finetune import distill_reading
 from .int8 import int8_summary
@@ -49,7 +49,9 @@ def hide_parameter_cells(notebook_path: Path, target: Path, layout: RunLayout | 
     """Copy an executed notebook, tagging its parameter cells (ours and papermill's) remove-cell.
 
     With `layout`, machine paths are made relative: the run directory becomes `run_label(layout)`
-    and the repository's absolute path disappears (from sources, outputs and metadata alike)."""
+    and the repository's absolute path disappears (from sources, outputs and metadata alike), as
+    does that of the checkout that executed it (papermill's `input_path` names its notebooks/
+    folder; a run made in another worktree and copied here is published from this one)."""
     import nbformat  # optional dependency (the `study` extra); ds.study imports without it
     nb = nbformat.read(notebook_path, as_version=4)
     for cell in nb.cells:
@@ -58,11 +60,17 @@ def hide_parameter_cells(notebook_path: Path, target: Path, layout: RunLayout | 
             tags.append("remove-cell")
     text = nbformat.writes(nb)
     if layout is not None:
-        ran_in = nb.metadata.get("papermill", {}).get("parameters", {}).get("run_dir")
-        for path in filter(None, {ran_in, str(layout.root)}):
+        record = nb.metadata.get("papermill", {})
+        output = record.get("output_path")
+        for path in filter(None, {record.get("parameters", {}).get("run_dir"), str(layout.root),
+                                  output and str(Path(output).parent)}):
             if Path(path).is_absolute():
                 text = text.replace(path, run_label(layout))
-        text = text.replace(str(REPO_ROOT) + "/", "").replace(str(REPO_ROOT), ".")
+        executed_in = Path(record.get("input_path") or "").parent
+        roots = {str(REPO_ROOT)} | ({str(executed_in.parent)} if executed_in.is_absolute()
+                                    and executed_in.name == NOTEBOOKS.name else set())
+        for root in sorted(roots, key=len, reverse=True):
+            text = text.replace(root + "/", "").replace(root, ".")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
 
