@@ -291,6 +291,19 @@ def test_the_standing_network_of_a_pattern_prefers_its_distilled_finetune():
                                                                         ["b", "candidate"]]
 
 
+def test_chapter_5_times_all_networks_or_the_base_and_chapter_3s_at_an_input():
+    from ds.study.throughput import networks_to_time
+    merge = pd.DataFrame({"pattern": ["base", "a", "a", "b", "c", "c"],
+                          "finetune": ["base", "candidate", "distill", "candidate", "candidate", "plain"]})
+    models = {"base": 0, "a": 1, "b": 2, "c": 3}
+    assert networks_to_time(models, merge, "all") == models
+    assert networks_to_time(models, merge, "finetuned") == {"base": 0, "a": 1, "c": 3}
+    with pytest.raises(ValueError, match="one of all, finetuned, got 'final'"):
+        networks_to_time(models, merge, "final")
+    with pytest.raises(ValueError, match="merged none of them; time 'all'"):
+        networks_to_time(models, merge[merge["finetune"].isin(["base", "candidate"])], "finetuned")
+
+
 def test_candidate_reading_ranks_every_searched_pattern_and_weighs_the_latency_term():
     from ds.study.search import candidate_reading
     rows = [("searched-k6", "searched", 70.0, 1.2, "0011"), ("searched-k6@openvino", "searched", 75.0, 1.5, "1001"),

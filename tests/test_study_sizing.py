@@ -82,3 +82,18 @@ def test_a_profile_of_the_first_chapters_is_counted_for_those_chapters_only():
     from_scratch = (observe["base_epochs"] + observe["compare_finetune_epochs"]) * sizing.CIFAR10_TRAIN
     assert work["01_observation"].trained > base + from_scratch   # plus the two finetuned arms and the removal probe
     assert sizing.chapter_work(load_profile("cpu"))["01_observation"].trained < base   # cpu adopts that base
+
+
+def test_chapter_5_counts_int8_quantization_by_input_size_and_the_networks_timed_at_the_large_input():
+    cpu = load_profile("cpu")
+    assert sizing.bench_int8_seconds(224) > 10 * sizing.bench_int8_seconds(32)
+    every = {**cpu, "bench_large_networks": "all"}
+    chapter5 = {name: sizing.chapter_work(p)["05_throughput"].fixed_s for name, p in
+                (("all", every), ("finetuned", cpu), ("small", {**every, "bench_large_input": None}))}
+    standing = 1 + sum(sizing.candidates_per_budget(cpu))
+    finetuned = 1 + sizing.finetuned_patterns(cpu)
+    per_network = (sizing.CPU_SETTINGS * (cpu["bench_repeats"] * cpu["bench_min_time"] + sizing.BENCH_OVERHEAD_S)
+                   + sizing.CPU_INT8_SETTINGS * sizing.bench_int8_seconds(224))
+    assert chapter5["all"] - chapter5["small"] == pytest.approx(standing * per_network)
+    assert chapter5["finetuned"] - chapter5["small"] == pytest.approx(finetuned * per_network)
+    assert (standing, finetuned) == (18, 5)

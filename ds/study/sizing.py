@@ -32,9 +32,17 @@ MERGE_S = 3.3              # merge and verify one network: 7 mobilenetv2_140 at 
 INT8_S = 20.0              # quantize one network for ONNX Runtime and OpenVINO and measure both on 10,000 test
                            # images: about 20 s for mobilenetv2_035 at 32 px on the loaded 2-core VM (2026-12-01)
 BENCH_OVERHEAD_S = 1.5     # per network and setting timed: warm-up, cudnn autotuning (assumed)
-PROFILE_PASS_S = 0.5       # one profiled CPU pass of chapter 5's time shares (assumed)
+PROFILE_PASS_S = 0.1       # one profiled CPU pass of chapter 5's time shares: its cell took 31 s for 4 settings x 18
+                           # networks x 6 passes at 32 px (cpu run, AVX2-only 2-core VM, 2026-12-07)
 GPU_SETTINGS = 2           # chapter 5 on a GPU: torch fp32 NCHW and channels_last, eager
-CPU_SETTINGS = 5           # chapter 5 on the CPU: torch NCHW and channels_last, ONNX Runtime, OpenVINO f32 and bf16
+CPU_SETTINGS = 7           # chapter 5 on the CPU: torch NCHW and channels_last, ONNX Runtime, OpenVINO f32 and bf16,
+                           # ONNX Runtime and OpenVINO INT8
+CPU_INT8_SETTINGS = 2      # of those, the INT8 ones, where each network is first quantized, calibrated and checked
+BENCH_INT8_S = 2.0         # quantizing one network for one INT8 setting of chapter 5 on 300 images, checking it on
+BENCH_INT8_PIXEL_S = 1.15  # 300 more: these seconds plus these per 32x32 pixels of the input. Measured on the
+                           # AVX2-only 2-core VM, 2026-12-07, on dp-k6 of the cpu run: ONNX Runtime 1.4 s and
+                           # OpenVINO 5.3 s at 32 px, ONNX Runtime 55.6 s at 224 px (OpenVINO there about 60 s,
+                           # what the run's 3020-second timing cell leaves for it)
 SPEED_REPEATS, SPEED_MIN_TIME = 5, 0.2   # chapter 2 times its candidates so (ds.study.steps.pattern_speed)
 LATENCY_REPEATS = 7        # chapter 2's latency tables (ds.study.steps.latency_tables)
 WORKER_GAIN = 1.11         # images/s in all of 2 one-thread workers over one 2-thread process: median of 3 rounds,
@@ -198,6 +206,11 @@ def _merge_work(p: dict, n: int, t: int) -> Work:
     return w
 
 
+def bench_int8_seconds(size: int) -> float:
+    """Seconds to quantize and check one network for one INT8 setting of chapter 5 at `size` px."""
+    return BENCH_INT8_S + BENCH_INT8_PIXEL_S * (size / 32) ** 2
+
+
 def _throughput_work(p: dict, n: int, t: int) -> Work:
     w = Work()
     candidates = _candidates(p)
@@ -205,9 +218,14 @@ def _throughput_work(p: dict, n: int, t: int) -> Work:
     devices = p.get("bench_devices", "auto")
     devices = ["cpu", "cuda"] if devices == "auto" else ([devices] if isinstance(devices, str) else devices)
     settings = sum(GPU_SETTINGS if d.startswith("cuda") else CPU_SETTINGS for d in devices)
-    inputs = 1 + (1 if p.get("bench_large_input") else 0)
-    w.fixed_s += standing * settings * inputs * (p.get("bench_repeats", 5) * p.get("bench_min_time", 0.2)
-                                                 + BENCH_OVERHEAD_S)
+    int8_settings = sum(0 if d.startswith("cuda") else CPU_INT8_SETTINGS for d in devices)
+    inputs = [(p.get("bench_input") or p["input_size"], standing)]   # (size, networks timed there)
+    if p.get("bench_large_input"):
+        large = 1 + finetuned_patterns(p) if p.get("bench_large_networks") == "finetuned" else standing
+        inputs.append((p["bench_large_input"], large))
+    per_setting = p.get("bench_repeats", 5) * p.get("bench_min_time", 0.2) + BENCH_OVERHEAD_S
+    for size, networks in inputs:
+        w.fixed_s += networks * (settings * per_setting + int8_settings * bench_int8_seconds(size))
     shares = p.get("profile_settings")
     shares = CPU_SETTINGS if shares is None else len(shares)
     w.fixed_s += shares * standing * (p.get("profile_runs", 5) + 1) * PROFILE_PASS_S

@@ -35,6 +35,26 @@ def merged_networks(ch: Chapter) -> dict:
             for row in table.itertuples()}
 
 
+NETWORK_CHOICES = ("all", "finetuned")   # what an input of chapter 5 times: every merged network, or chapter 3's
+
+
+def networks_to_time(models: dict, merge: pd.DataFrame, which: str) -> dict:
+    """The networks of `models` ({pattern: network}) to time at one input: 'all' of them, or
+    'finetuned': the base and the patterns chapter 3 finetuned (those whose standing network is not
+    chapter 2's one-epoch candidate). A ValueError names a choice that is neither, or 'finetuned'
+    where chapter 3 finetuned nothing."""
+    if which not in NETWORK_CHOICES:
+        raise ValueError(f"networks to time must be one of {', '.join(NETWORK_CHOICES)}, got {which!r}")
+    if which == "all":
+        return models
+    stands = standing(merge)
+    finetuned = set(stands.loc[stands["finetune"] != "candidate", "pattern"]) - {"base"}
+    if not finetuned:
+        raise ValueError("'finetuned' asks for chapter 3's networks, and chapter 4 merged none of them; "
+                         "time 'all' networks instead")
+    return {name: model for name, model in models.items() if name == "base" or name in finetuned}
+
+
 def bench_devices(devices: str | list[str]) -> list[str]:
     """'auto': the CPU, and the GPU when there is one; else the listed devices (each checked)."""
     names = ["cpu", "auto"] if devices == "auto" else ([devices] if isinstance(devices, str) else list(devices))
@@ -92,15 +112,16 @@ def row_top1(table: pd.DataFrame, merge: pd.DataFrame, int8: pd.DataFrame | None
     return top1
 
 
-def throughput(ch: Chapter, devices, inputs: list[tuple[int | None, int]], repeats: int = 5,
+def throughput(ch: Chapter, devices, inputs: list[tuple[int | None, int, str]], repeats: int = 5,
                min_time: float = 0.2, threads: int | None = None,
                runtimes=("torch", "onnxruntime", "openvino")) -> ThroughputResult:
-    """Images/s of the BN-folded base and every merged network (the one that stands for each
+    """Images/s of the BN-folded base and the merged networks (the one that stands for each
     pattern, as chapter 4 saved it) in every runtime (torch NCHW and channels_last, ONNX Runtime,
     OpenVINO, and INT8 in onnxruntime:int8 and openvino:int8; on a GPU torch only), at every
-    (input size, batch) of `inputs` (None: the training size), networks interleaved within each
-    setting. Each row has the speed-up over the base in the same setting and over the fastest base
-    of the device at that input (any setting, INT8 included), the setting's label, its
+    (input size, batch, networks) of `inputs` (size None: the training size; networks 'all' or
+    'finetuned', see `networks_to_time`), networks interleaved within each setting. Each row has
+    the speed-up over the base in the same setting and over the fastest base of the device at that
+    input (any setting, INT8 included), the setting's label, its
     `quantization` (how an INT8 network was made; empty in float), and the top-1 chapter 4
     measured (`row_top1`: the INT8 top-1 in an INT8 setting) with its change against the float
     base (throughput.csv). The INT8 settings quantize each network as ds.bench does, calibrated as
@@ -109,14 +130,15 @@ def throughput(ch: Chapter, devices, inputs: list[tuple[int | None, int]], repea
     merge = pd.read_csv(ch.layout.merge_csv)
     base_top1 = standing(merge).set_index("pattern")["acc_merged"]["base"]
     int8 = int8_table(ch)
+    timed = {which: networks_to_time(models, merge, which) for _, _, which in inputs}   # bad choices fail first
     frames, not_measured = [], []
     for device in bench_devices(devices):
         here = ",".join(runtimes) if device == "cpu" else "torch"
-        for size, batch in inputs:
+        for size, batch, which in inputs:
             images = bench_int8_images(int8, size or ch.input_size) if ":int8" in here else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                frame = bench.runtime_table(models, size or ch.input_size, batch, runtimes=here,
+                frame = bench.runtime_table(timed[which], size or ch.input_size, batch, runtimes=here,
                                             threads=threads or all_cores(), device=device, model_name=ch.backbone,
                                             repeats=repeats, min_time=min_time, images=images,
                                             log=lambda text: None)
