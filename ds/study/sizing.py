@@ -227,7 +227,7 @@ def _throughput_work(p: dict, n: int, t: int) -> Work:
     for size, networks in inputs:
         w.fixed_s += networks * (settings * per_setting + int8_settings * bench_int8_seconds(size))
     shares = p.get("profile_settings")
-    shares = CPU_SETTINGS if shares is None else len(shares)
+    shares = CPU_SETTINGS - CPU_INT8_SETTINGS if shares is None else len(shares)   # the notebook's default: the float ones
     w.fixed_s += shares * standing * (p.get("profile_runs", 5) + 1) * PROFILE_PASS_S
     return w
 
