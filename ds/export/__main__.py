@@ -1,7 +1,7 @@
 """python -m ds.export: a network file (or a random-weight network) -> merged -> ONNX + OpenVINO IR.
 
     python -m ds.export --checkpoint runs/finetune-k8/checkpoint.pt --out exported/
-    python -m ds.export --checkpoint data/checkpoints/cpu/dp-k11@openvino-merged.pt --out exported/
+    python -m ds.export --checkpoint data/checkpoints/cpu/dp-k11-merged.pt --out exported/
     python -m ds.export --model mobilenetv2_035 --pattern DS-E --input 32 --out exported/
     python -m ds.export --checkpoint data/checkpoints/cpu/base.pt --int8 --out exported/   (+ INT8 files)
 
