@@ -41,3 +41,20 @@ def test_the_figure_has_a_panel_per_timed_input_and_none_without_timings(tmp_pat
     study = _study()
     assert headline.write_figure(study, 85.0, tmp_path / "a.png").stat().st_size > 10_000
     assert headline.write_figure(study.drop(columns=["speedup", "speedup_224px"]), 85.0, tmp_path / "b.png") is None
+
+
+def test_every_label_of_a_panel_lies_inside_it():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    headline._panel(ax, _study()[lambda s: s["source"] != "base"], "speedup", 85.0)
+    fig.canvas.draw()
+    frame = ax.get_window_extent()
+    labels = [t for t in ax.texts if t.get_text()]
+    assert {"DS-F", "dp-k11"} <= {t.get_text() for t in labels}        # the paper's rightmost bar, a network
+    for label in labels:
+        box = label.get_window_extent()
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, f"{label.get_text()} sticks out of its panel"
+    plt.close(fig)

@@ -139,6 +139,8 @@ def _panel(ax, networks: pd.DataFrame, column: str, base_top1: float) -> None:
         below = name in ("DS-C", "DS-E")   # their neighbours' labels sit above: these go under their bars
         ax.annotate(name, (x, base_top1 + (min(top1) if below else max(top1)) - PAPER_BASE_TOP1), fontsize=7,
                     color="#c44e52", xytext=(3, -9 if below else 2), textcoords="offset points")
+    left, right = ax.get_xlim()   # room on the right for the label of the rightmost bar or point
+    ax.set_xlim(left, right + 0.08 * (right - left))
     low = min(networks["top1_merged"].min(), base_top1 - 7) if len(networks) else base_top1 - 7
     ax.set_ylim(max(0.0, low - 1), min(100.0, base_top1 + 2))
     size = column[len("speedup"):].strip("_") or "the training input size"
